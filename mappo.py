@@ -1,0 +1,1025 @@
+"""Recurrent MAPPO: PPO with a GRU actor on each agent's own observation and a GRU critic on the
+global state (centralised training, decentralised execution).
+
+The actor is exactly IPPO's (`ippo.py`): shared parameters, each agent's local observation with a
+one-hot agent id. The critic sees the environment's global state instead (as the authors' Mava
+wrappers build it: all agents' views concatenated, or SMAX's world state), one value per agent.
+Each update:
+  1. roll out `--rollout-length` steps in `--num-envs` environments, carrying the GRU states and
+     zeroing them where an episode starts;
+  2. GAE(gamma, lambda) on the centralised critic's values;
+  3. `--ppo-epochs` passes over `--num-minibatches` minibatches of whole environment sequences,
+     minimising the clipped PPO objective, the clipped value loss and an entropy bonus.
+
+Reproduce the paper's MAPPO row on CoordSum-3x10 (Table 1: 107.44 +- 0.34, 10 seeds, 20M steps):
+    python mappo.py --env-id coordsum-3x10 --num-seeds 10 --num-minibatches 8 --max-grad-norm 5 \
+        --ppo-epochs 8 --clip-eps 0.05 --ent-coef 1e-5 --actor-lr 5e-4 --critic-lr 5e-4
+(the per-task values are the authors' tuned ones, ../shared/reference/paper_hyperparameters.csv).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tyro
+from flax import serialization
+from flax.linen.initializers import constant, orthogonal
+
+import coordsum
+
+ALGORITHM = "mappo"
+
+
+@dataclass
+class Args:
+    env_id: str = "rware-tiny-2ag"
+    """environment id `<suite>-<task>`, e.g. rware-tiny-2ag, lbf-2s-8x8-2p-2f-coop, con-5x5x3a, mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10"""
+    seed: int = 0
+    """seed of the first run; the i-th of --num-seeds runs uses seed + i, so it equals a single run with that seed"""
+    num_seeds: int = 1
+    """independent runs trained together in one compiled program (vmapped)"""
+    total_timesteps: int = 20_000_000
+    """environment steps per seed (every parallel environment's step counts once)"""
+    num_envs: int = 128
+    """parallel environments per seed (the paper's 64 envs x Mava's update_batch_size 2 = 128 per update)"""
+    rollout_length: int = 128
+    """environment steps per environment between two updates"""
+    num_evaluations: int = 122
+    """evenly spaced evaluation checkpoints over training"""
+    num_eval_episodes: int = 32
+    """episodes per checkpoint; the final absolute metric uses 10x as many with the best parameters"""
+    evaluation_greedy: bool = False
+    """evaluate with the most likely action instead of a sampled one"""
+    track: bool = False
+    """log to Weights & Biases (WANDB_MODE=offline works without an account)"""
+    wandb_project: str = "magpo-jax"
+    """wandb project name"""
+    wandb_entity: str | None = None
+    """wandb entity (team or user)"""
+    save_model: bool = False
+    """write the final and the best parameters as flax msgpack into the run directory"""
+    output_dir: str = "runs"
+    """where run directories are created"""
+
+    ppo_epochs: int = 4
+    """passes over the rollout per update"""
+    num_minibatches: int = 2
+    """minibatches per epoch; each holds num_envs / num_minibatches whole environment sequences"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.9
+    """GAE lambda (paper Table 3)"""
+    clip_eps: float = 0.2
+    """PPO clipping range for the policy ratio and the value function"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.1
+    """value loss coefficient (paper Table 3)"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip, applied to actor and critic separately"""
+    actor_lr: float = 2.5e-4
+    """actor Adam learning rate"""
+    critic_lr: float = 2.5e-4
+    """critic Adam learning rate"""
+    layer_size: int = 128
+    """width of the dense layer before and after the GRU"""
+    gru_size: int = 128
+    """GRU hidden size"""
+
+
+# Continuous hyperparameters reach `train` as arrays, not constants baked into the trace, so that a
+# grid of them can be vmapped in one compiled program like seeds are.
+HPARAMS = ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "actor_lr", "critic_lr")
+
+
+def hparams_from_args(args: Args) -> dict[str, jax.Array]:
+    return {name: jnp.asarray(getattr(args, name), jnp.float32) for name in HPARAMS}
+
+
+# =============================================================================================
+# Environment adapter (identical in every script; tests/test_consistency.py holds them together)
+# =============================================================================================
+# make_env(env_id) -> EnvSpec with pure reset(key) / step(key, env_state, actions), automatic
+# reset inside step, built to reproduce what the authors' Mava wrappers fed their networks
+# (github liyheng/MAGPO: mava/wrappers/{jumanji,jaxmarl,matrax,observation,episode_metrics}.py,
+# mava/utils/make_env.py, mava/configs/env/*):
+#
+# * obs: float32 [agents, obs_dim]. Every suite here runs with `system.add_agent_id: True` and
+#   `implicit_agent_id: False`, so Mava's AgentIDWrapper PREPENDS a one-hot agent id:
+#   obs[:, :num_agents] == eye(num_agents), the suite's own view follows.
+# * state: float32 [state_dim], the centralised-critic input, built like Mava's `global_state`
+#   (before the agent id is added, so it carries no id): the concatenation of all agents' own
+#   views for RWARE, LBF, Connector (vector views), MPE and CoordSum; SMAX's `world_state`.
+# * reward: the team reward whose episode sum is Mava's `episode_return` (RecordEpisodeMetrics
+#   averages the per-agent reward vector): RWARE the env's shared reward; LBF and Connector
+#   the sum over agents (`aggregate_rewards: True`); MPE and SMAX the mean over agents (SMAX
+#   agents all get the same reward; MPE agents differ only by their collision term: Mava's
+#   learners saw per-agent MPE rewards, this interface carries their mean); CoordSum the
+#   shared reward.
+# * done: the episode ended (any cause). Mava's recurrent systems cut bootstrapping at every
+#   `timestep.last()`, i.e. at `done`; use `done` to reproduce the paper. `terminated` is True
+#   only for a real terminal event (RWARE collision, LBF all food eaten, Connector all agents
+#   connected or blocked, SMAX one side wiped out) and False where only a time limit ended the
+#   episode (including CoordSum's fixed 100-step horizon, which its env labels a termination).
+#   Bootstrapping a truncation correctly would also need the final observation, which
+#   auto-reset replaces by the next episode's first one.
+# * episode_return / episode_length: running totals of the current episode; where done, those
+#   of the episode that just ended. won: 1.0 where an episode ended in a win (SMAX: Mava's
+#   `won_episode`, last step with every agent's reward >= 1, i.e. the win bonus; Connector:
+#   Mava's `won_episode`, all agents connected); 0.0 elsewhere. Table 1 reports win rate for
+#   SMAX and episode return for every other suite.
+class TimeStep(NamedTuple):
+    obs: jax.Array  # float32 [A, obs_dim], one-hot agent id first
+    action_mask: jax.Array  # bool [A, num_actions]
+    state: jax.Array  # float32 [state_dim]
+    reward: jax.Array  # float32 [], team reward of the transition into this timestep
+    done: jax.Array  # bool [], the episode ended here (terminated or truncated)
+    terminated: jax.Array  # bool [], real terminal (no bootstrap)
+    episode_return: jax.Array  # float32 [], running; the finished episode's where done
+    episode_length: jax.Array  # int32 [], running; the finished episode's where done
+    won: jax.Array  # float32 [], 1.0 where an episode ended in a win
+
+
+class EnvSpec(NamedTuple):
+    env_id: str
+    suite: str
+    num_agents: int
+    obs_dim: int
+    state_dim: int
+    num_actions: int  # discrete: actions per agent; continuous: action dimension
+    continuous: bool
+    time_limit: int  # steps in an episode that runs to its time limit
+    reset: Callable  # reset(key) -> (env_state, TimeStep)
+    step: Callable  # step(key, env_state, actions) -> (env_state, TimeStep), auto-resets
+
+
+class EnvState(NamedTuple):
+    inner: object  # the wrapped env's own state
+    episode_return: jax.Array  # float32 []
+    episode_length: jax.Array  # int32 []
+
+
+# Tasks of the paper (keys `<suite>-<task>`, connector ids carry their suite already). Values as in
+# the authors' scenario configs (mava/configs/env/scenario/*.yaml).
+# RWARE (column_height 8, sensor_range 1, time limit 500): (shelf_rows, shelf_columns, agents, queue)
+_RWARE = {
+    "tiny-2ag": (1, 3, 2, 2), "tiny-2ag-hard": (1, 3, 2, 1), "tiny-4ag": (1, 3, 4, 4),
+    "tiny-4ag-easy": (1, 3, 4, 8), "tiny-4ag-hard": (1, 3, 4, 2), "small-4ag": (2, 3, 4, 4),
+    "small-4ag-hard": (2, 3, 4, 2), "medium-4ag": (2, 5, 4, 4), "medium-4ag-hard": (2, 5, 4, 2),
+    "medium-6ag": (2, 5, 6, 6), "large-4ag": (3, 5, 4, 4), "large-4ag-hard": (3, 5, 4, 2),
+    "large-8ag": (3, 5, 8, 8), "large-8ag-hard": (3, 5, 8, 4), "xlarge-4ag": (4, 5, 4, 4),
+    "xlarge-4ag-hard": (4, 5, 4, 2),
+}
+# LBF (max_agent_level 2, time limit 100): (grid_size, fov, agents, food, force_coop)
+_LBF = {
+    "2s-8x8-2p-2f-coop": (8, 2, 2, 2, True), "8x8-2p-2f-coop": (8, 8, 2, 2, True),
+    "2s-10x10-3p-3f": (10, 2, 3, 3, False), "10x10-3p-3f": (10, 10, 3, 3, False),
+    "15x15-3p-5f": (15, 15, 3, 5, False), "15x15-4p-3f": (15, 15, 4, 3, False),
+    "15x15-4p-5f": (15, 15, 4, 5, False),
+}
+# Connector: (grid_size, agents, time limit)
+_CONNECTOR = {
+    "con-5x5x3a": (5, 3, 25), "con-7x7x5a": (7, 5, 49), "con-10x10x10a": (10, 10, 100),
+    "con-15x15x23a": (15, 23, 225),
+}
+# MPE simple_spread_v3 (continuous actions, local_ratio 0.5, max_steps 25): agents = landmarks
+_MPE = {"simple_spread_3ag": 3, "simple_spread_5ag": 5, "simple_spread_10ag": 10}
+# SMAX HeuristicEnemySMAX maps (see_enemy_actions, walls_cause_death, attack_mode "closest")
+_SMAX = ("2s3z", "3s5z", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "3s5z_vs_3s6z", "3s_vs_5z",
+         "6h_vs_8z", "smacv2_5_units", "smacv2_10_units")
+# CoordSum (time limit 100): (agents, actions, maxval) as the authors' registered "AxN-maxval-v0"
+_COORDSUM = {"3x10": (3, 10, 30), "3x30": (3, 30, 50), "5x20": (5, 20, 80), "8x15": (8, 15, 100)}
+
+ENV_IDS = (
+    [f"rware-{t}" for t in _RWARE] + [f"lbf-{t}" for t in _LBF] + list(_CONNECTOR)
+    + [f"mpe-{t}" for t in _MPE] + [f"smax-{t}" for t in _SMAX]
+    + [f"coordsum-{t}" for t in _COORDSUM]
+)
+
+
+def _where(pred, a, b):
+    """Pick pytree `a` where the scalar `pred` holds, else `b` (leafwise)."""
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _strong(tree):
+    """Drop weak types (some envs build their reset state from Python scalars), so that reset's
+    and step's env states have identical types and jitted callers never retrace."""
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
+
+
+def _with_agent_id(view):
+    """Mava's AgentIDWrapper: one-hot agent id in front of each agent's (float) view."""
+    n = view.shape[0]
+    return jnp.concatenate([jnp.eye(n, dtype=jnp.float32), view.astype(jnp.float32)], axis=-1)
+
+
+def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_reset, core_step):
+    """Wrap a suite's core functions into EnvSpec.reset/step with auto-reset and metrics.
+
+    core_reset(key) -> (inner, view [A, d], mask [A, n], state [s])
+    core_step(key, inner, actions) -> (inner, view, mask, state, reward, done, terminated, won),
+        all describing the transition, before any reset.
+    `view` is the suite's per-agent view without the agent id.
+    """
+
+    def reset(key):
+        inner, view, mask, state = core_reset(key)
+        env_state = EnvState(_strong(inner), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        ts = TimeStep(
+            obs=_with_agent_id(view), action_mask=mask.astype(bool),
+            state=state.astype(jnp.float32), reward=jnp.zeros((), jnp.float32),
+            done=jnp.zeros((), bool), terminated=jnp.zeros((), bool),
+            episode_return=jnp.zeros((), jnp.float32), episode_length=jnp.zeros((), jnp.int32),
+            won=jnp.zeros((), jnp.float32),
+        )
+        return env_state, ts
+
+    def step(key, env_state, actions):
+        step_key, reset_key = jax.random.split(key)
+        inner, view, mask, state, reward, done, terminated, won = core_step(
+            step_key, env_state.inner, actions
+        )
+        # Under vmap a cond runs both branches anyway (as in Mava's AutoResetWrapper), so the
+        # next episode's first timestep is always built and selected where the episode ended.
+        first = core_reset(reset_key)
+        inner, view, mask, state = _where(done, first, (inner, view, mask, state))
+        reward = jnp.asarray(reward, jnp.float32)
+        done = jnp.asarray(done, bool)
+        ep_return = env_state.episode_return + reward
+        ep_length = env_state.episode_length + 1
+        ts = TimeStep(
+            obs=_with_agent_id(view), action_mask=mask.astype(bool),
+            state=state.astype(jnp.float32), reward=reward, done=done,
+            terminated=jnp.asarray(terminated, bool) & done,
+            episode_return=ep_return, episode_length=ep_length,
+            won=(jnp.asarray(won, bool) & done).astype(jnp.float32),
+        )
+        env_state = EnvState(
+            _strong(inner),
+            jnp.where(done, jnp.zeros((), jnp.float32), ep_return),
+            jnp.where(done, jnp.zeros((), jnp.int32), ep_length),
+        )
+        return env_state, ts
+
+    # Shapes come from one abstract evaluation of reset (nothing is compiled or run).
+    _, ts = jax.eval_shape(reset, jax.random.PRNGKey(0))
+    return EnvSpec(
+        env_id=env_id, suite=suite, num_agents=num_agents, obs_dim=int(ts.obs.shape[-1]),
+        state_dim=int(ts.state.shape[-1]), num_actions=num_actions, continuous=continuous,
+        time_limit=time_limit, reset=reset, step=step,
+    )
+
+
+def _jumanji_core(env, make_view, team_reward, terminated_fn, won_fn):
+    """Core functions for a jumanji multi-agent env (RWARE, LBF, Connector)."""
+
+    def core_reset(key):
+        inner, ts = env.reset(key)
+        view = make_view(inner, ts.observation)
+        return inner, view, ts.observation.action_mask, view.reshape(-1)
+
+    def core_step(key, inner, actions):
+        del key  # jumanji envs keep their randomness in their state
+        nxt, ts = env.step(inner, actions)
+        view = make_view(nxt, ts.observation)
+        done = ts.last()
+        return (nxt, view, ts.observation.action_mask, view.reshape(-1),
+                team_reward(ts.reward), done, terminated_fn(nxt, ts), won_fn(nxt))
+
+    return core_reset, core_step
+
+
+def _connector_views(inner, grid_size, num_agents):
+    """Mava's VectorConnectorWrapper view, computed without per-agent loops: per agent,
+    [own head (row, col) / grid_size**2, own target (row, col) / grid_size**2 ((0, 0) once
+    connected), 5x5 window of blockers (heads 1, paths -1, else 0, outside the grid 1),
+    5x5 window of targets (own 1, others -1, else 0, outside the grid 1)] -> 54 floats.
+    Grid cells: 0 empty; for agent i: 1 + 3i path, 2 + 3i head, 3 + 3i target."""
+    grid = inner.grid
+    pos, tgt = inner.agents.position, inner.agents.target  # int32 [A, 2] (row, col)
+    kind = grid % 3
+    blockers = jnp.where((grid > 0) & (kind == 2), 1, jnp.where(kind == 1, -1, 0))
+    owner = jnp.where((grid > 0) & (kind == 0), grid // 3 - 1, -1)  # whose target, -1 none
+    blockers = jnp.pad(blockers, 2, constant_values=1)
+    owner = jnp.pad(owner, 2, constant_values=-2)  # -2: outside the grid
+    rows = pos[:, 0, None, None] + jnp.arange(5)[None, :, None]  # padded coords of the window
+    cols = pos[:, 1, None, None] + jnp.arange(5)[None, None, :]
+    block_win = blockers[rows, cols]
+    own_win = owner[rows, cols]
+    ids = jnp.arange(num_agents)[:, None, None]
+    target_win = jnp.where((own_win == -2) | (own_win == ids), 1, jnp.where(own_win >= 0, -1, 0))
+    connected = jnp.all(pos == tgt, axis=-1, keepdims=True)
+    scale = float(grid_size * grid_size)  # Mava divides coordinates by grid.size (sic)
+    return jnp.concatenate([
+        pos / scale, jnp.where(connected, 0, tgt) / scale,
+        block_win.reshape(num_agents, 25), target_win.reshape(num_agents, 25),
+    ], axis=-1).astype(jnp.float32)
+
+
+def _make_rware(env_id, task):
+    from jumanji.environments import RobotWarehouse
+    from jumanji.environments.routing.robot_warehouse import utils as rware_utils
+    from jumanji.environments.routing.robot_warehouse.generator import RandomGenerator
+
+    rows, cols, n, queue = _RWARE[task]
+    generator = RandomGenerator(shelf_rows=rows, shelf_columns=cols, column_height=8,
+                                num_agents=n, sensor_range=1, request_queue_size=queue)
+    env = RobotWarehouse(generator=generator, time_limit=500)
+    ids = jnp.arange(n)
+
+    def terminated(nxt, ts):
+        # jumanji ends RWARE on a collision or at the horizon, both with discount 0; only the
+        # collision is a real terminal.
+        collide = jax.vmap(rware_utils.is_collision, in_axes=(None, 0, 0))
+        return jnp.any(collide(nxt.grid, nxt.agents, ids))
+
+    core = _jumanji_core(
+        env, make_view=lambda s, o: o.agents_view.astype(jnp.float32),
+        team_reward=lambda r: r,  # already the shared team reward (scalar)
+        terminated_fn=terminated, won_fn=lambda s: jnp.zeros((), bool))
+    return _build(env_id, "rware", n, 5, False, 500, *core)
+
+
+def _make_lbf(env_id, task):
+    from jumanji.environments import LevelBasedForaging
+    from jumanji.environments.routing.lbf.generator import RandomGenerator
+
+    grid, fov, n, food, coop = _LBF[task]
+    generator = RandomGenerator(grid_size=grid, fov=fov, num_agents=n, num_food=food,
+                                max_agent_level=2, force_coop=coop)
+    env = LevelBasedForaging(generator=generator, time_limit=100)
+    core = _jumanji_core(
+        env, make_view=lambda s, o: o.agents_view.astype(jnp.float32),
+        team_reward=jnp.sum,  # Mava's aggregate_rewards
+        # jumanji: termination (discount 0) once all food is eaten, truncation at the limit
+        terminated_fn=lambda s, ts: jnp.all(ts.discount == 0),
+        won_fn=lambda s: jnp.zeros((), bool))
+    return _build(env_id, "lbf", n, 6, False, 100, *core)
+
+
+def _make_connector(env_id, task):
+    # The paper ran jumanji's Connector-v2 (jumanji 1.1.0 at commit 9ced6b8, pinned in the authors'
+    # uv.lock). jumanji 1.1.2 registers Connector-v3, which differs in (a) the default
+    # RandomWalkGenerator (a new, faster random walk, so a different board distribution; v2's
+    # generator ships as LegacyRandomWalkGenerator, used here), (b) a pure time-out is a
+    # truncation (discount 1) instead of a termination (discount 0), which changes nothing for
+    # `done` (Mava cuts bootstrapping at every episode end) and is what `terminated` reports,
+    # (c) a vectorised move/collision step with the same semantics (lower-id agent yields),
+    # (d) the action mask stored in the state. Rewards (DenseRewardFn: +1 on connecting, -0.03
+    # per step per unconnected agent), observations and extras are unchanged.
+    # Views: the MAGPO networks (Sable encoder, MLP/GRU learner) take flat per-agent vectors,
+    # which Mava's VectorConnectorWrapper provides (its grid ConnectorWrapper yields [A, G, G, 5]
+    # that those networks cannot take), plus the one-hot id (`implicit_agent_id: False`).
+    from jumanji.environments import Connector
+    from jumanji.environments.routing.connector.generator import LegacyRandomWalkGenerator
+
+    g, n, limit = _CONNECTOR[task]
+    env = Connector(generator=LegacyRandomWalkGenerator(grid_size=g, num_agents=n),
+                    time_limit=limit)
+    core = _jumanji_core(
+        env, make_view=lambda s, o: _connector_views(s, g, n),
+        team_reward=jnp.sum,  # Mava's aggregate_rewards
+        terminated_fn=lambda s, ts: jnp.all(ts.discount == 0),
+        won_fn=lambda s: jnp.all(jnp.all(s.agents.position == s.agents.target, axis=-1)))
+    return _build(env_id, "connector", n, 5, False, limit, *core)
+
+
+def _jaxmarl_core(env, agents, make_state, make_mask, team_reward, terminated_fn, won_fn, actions_fn):
+    """Core functions for a jaxmarl env, stepping with `step_env` (no reset inside) so that the
+    ended episode's state stays visible; the adapter resets once per step instead of jaxmarl's
+    reset plus Mava's second one."""
+
+    def stack(d):
+        return jnp.stack([d[a] for a in agents]).astype(jnp.float32)
+
+    def core_reset(key):
+        obs, inner = env.reset(key)
+        return inner, stack(obs), make_mask(inner), make_state(obs)
+
+    def core_step(key, inner, actions):
+        obs, nxt, reward, dones, _ = env.step_env(key, inner, actions_fn(actions))
+        rewards = jnp.stack([reward[a] for a in agents]).astype(jnp.float32)
+        return (nxt, stack(obs), make_mask(nxt), make_state(obs), team_reward(rewards),
+                dones["__all__"], terminated_fn(nxt), won_fn(rewards))
+
+    return core_reset, core_step
+
+
+def _make_mpe(env_id, task):
+    import jaxmarl
+
+    n = _MPE[task]
+    env = jaxmarl.make("MPE_simple_spread_v3", num_agents=n, num_landmarks=n, local_ratio=0.5,
+                       action_type="Continuous", max_steps=25)
+    agents = list(env.agents)
+    act_dim = int(env.action_space(agents[0]).shape[0])  # 5: [no-op, -x, +x, -y, +y]
+
+    def actions_fn(actions):
+        # Mava hands its tanh-squashed actions in [-1, 1] to the env unchanged (no rescaling to
+        # the declared Box [0, 1]); the env uses (a2 - a1, a4 - a3) * accel without clipping.
+        return {a: actions[i] for i, a in enumerate(agents)}
+
+    core = _jaxmarl_core(
+        env, agents,
+        make_state=lambda obs: jnp.concatenate([obs[a] for a in agents]),
+        make_mask=lambda s: jnp.ones((n, act_dim), bool),
+        team_reward=jnp.mean,  # Mava's episode return: mean of the per-agent rewards
+        terminated_fn=lambda s: jnp.zeros((), bool),  # MPE episodes only end at the limit
+        won_fn=lambda r: jnp.zeros((), bool), actions_fn=actions_fn)
+    # jaxmarl ends an MPE episode when the pre-step counter reaches max_steps: 26 transitions.
+    return _build(env_id, "mpe", n, act_dim, True, 26, *core)
+
+
+def _make_smax(env_id, task):
+    import jaxmarl
+    from jaxmarl.environments.smax import map_name_to_scenario
+
+    env = jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario(task),
+                       see_enemy_actions=True, walls_cause_death=True, attack_mode="closest")
+    agents = list(env.agents)
+    n = len(agents)
+    num_actions = int(env.action_space(agents[0]).n)
+
+    def terminated(s):
+        alive = s.state.unit_alive
+        return ~jnp.any(alive[:n]) | ~jnp.any(alive[n:])  # one side wiped out
+
+    core = _jaxmarl_core(
+        env, agents,
+        make_state=lambda obs: obs["world_state"],
+        make_mask=lambda s: jnp.stack([env.get_avail_actions(s)[a] for a in agents]).astype(bool),
+        team_reward=jnp.mean,  # all allies get the same reward
+        terminated_fn=terminated,
+        won_fn=lambda r: jnp.all(r >= 1.0),  # Mava: episode end with the win bonus
+        actions_fn=lambda a: {name: a[i] for i, name in enumerate(agents)})
+    # jaxmarl SMAX tests its time limit on the pre-step counter: at most max_steps + 1 steps.
+    return _build(env_id, "smax", n, num_actions, False, int(env.max_steps) + 1, *core)
+
+
+def _make_coordsum(env_id, task):
+    n, num_actions, maxval = coordsum.parse_task(task)
+    env = coordsum.CoordSum(num_agents=n, num_actions=num_actions, maxval=maxval, time_limit=100)
+    mask = jnp.ones((n, num_actions), bool)
+
+    def core_reset(key):
+        inner, obs = env.reset(key)  # obs: float32 [A, 1], the raw target value
+        return inner, obs, mask, obs.reshape(-1)
+
+    def core_step(key, inner, actions):
+        inner, obs, reward, done = env.step(key, inner, actions)
+        # Global state: Mava's CoordSumWrapper concatenates the agents' raw views (A copies of
+        # the target). The episode always ends at the horizon: treated as a time limit.
+        return (inner, obs, mask, obs.reshape(-1), reward, done, jnp.zeros((), bool),
+                jnp.zeros((), bool))
+
+    return _build(env_id, "coordsum", n, num_actions, False, 100, core_reset, core_step)
+
+
+def _is_coordsum_size(env_id: str) -> bool:
+    """Any `coordsum-<agents>x<actions>` builds, not only the paper's four."""
+    try:
+        return env_id.startswith("coordsum-") and coordsum.parse_task(env_id[len("coordsum-"):])[0] >= 1
+    except ValueError:
+        return False
+
+
+def headline_metric(suite: str) -> str:
+    """The metric the paper reports per suite (Table 1); it also picks the best checkpoint."""
+    return "win_rate" if suite == "smax" else "episode_return"
+
+
+def eval_metric_names(suite: str) -> tuple[str, ...]:
+    """What evaluation reports: return and length everywhere, win rate where a suite defines a win."""
+    win = ("win_rate",) if suite in ("smax", "connector") else ()
+    return ("episode_return", "episode_length") + win
+
+
+def make_env(env_id: str) -> EnvSpec:
+    """Build the adapter for `env_id` (see ENV_IDS); unknown ids raise ValueError."""
+    if env_id not in ENV_IDS and not _is_coordsum_size(env_id):
+        close = difflib.get_close_matches(env_id, ENV_IDS, n=5, cutoff=0.4)
+        rest = [e for e in ENV_IDS if e not in close]
+        raise ValueError(
+            f"unknown --env-id {env_id!r}; valid ids, closest first: {', '.join(close + rest)}"
+        )
+    if env_id.startswith("con-"):
+        return _make_connector(env_id, env_id)
+    suite, task = env_id.split("-", 1)
+    makers = {"rware": _make_rware, "lbf": _make_lbf, "mpe": _make_mpe, "smax": _make_smax,
+              "coordsum": _make_coordsum}
+    return makers[suite](env_id, task)
+# End of the environment adapter.
+
+
+# =============================================================================================
+# Networks
+# =============================================================================================
+class ScannedGRU(nn.Module):
+    """One flax GRUCell scanned over time (axis 0); the hidden state is zeroed where an episode
+    starts (`start`, before that step's input). (Hoisting the input projections out of the scan
+    measured slower on XLA:CPU, so the plain cell stays.)"""
+
+    size: int
+
+    @functools.partial(nn.scan, variable_broadcast="params", split_rngs={"params": False}, in_axes=0, out_axes=0)
+    @nn.compact
+    def __call__(self, h, inputs):
+        x, start = inputs
+        h = jnp.where(start[..., None], jnp.zeros_like(h), h)
+        return nn.GRUCell(self.size)(h, x)
+
+
+class RecurrentTorso(nn.Module):
+    """Dense -> GRU -> Dense with ReLU (the paper's Table 3 network); leading axes [time, ...]."""
+
+    layer_size: int
+    gru_size: int
+
+    @nn.compact
+    def __call__(self, h, x, start):
+        x = nn.relu(nn.Dense(self.layer_size, kernel_init=orthogonal(np.sqrt(2)), bias_init=constant(0.0))(x))
+        h, x = ScannedGRU(self.gru_size)(h, (x, start))
+        x = nn.relu(nn.Dense(self.layer_size, kernel_init=orthogonal(np.sqrt(2)), bias_init=constant(0.0))(x))
+        return h, x
+
+
+class Actor(nn.Module):
+    num_actions: int
+    continuous: bool
+    layer_size: int
+    gru_size: int
+
+    @nn.compact
+    def __call__(self, h, obs, start, action_mask):
+        h, x = RecurrentTorso(self.layer_size, self.gru_size)(h, obs, start)
+        out = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01), bias_init=constant(0.0))(x)
+        if self.continuous:
+            log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+            return h, (out, jnp.broadcast_to(log_std, out.shape))
+        return h, jnp.where(action_mask, out, MASKED_LOGIT)
+
+
+class Critic(nn.Module):
+    layer_size: int
+    gru_size: int
+
+    @nn.compact
+    def __call__(self, h, x, start):
+        h, x = RecurrentTorso(self.layer_size, self.gru_size)(h, x, start)
+        return h, nn.Dense(1, kernel_init=orthogonal(1.0), bias_init=constant(0.0))(x)[..., 0]
+
+
+# A large finite number rather than -inf: masked actions get probability 0 and entropy stays finite.
+MASKED_LOGIT = -1e9
+
+
+def policy_distribution(pi, continuous: bool) -> distrax.Distribution:
+    """Discrete: masked categorical. Continuous: Gaussian over the *pre-tanh* action; the tanh
+    squashing is applied on the way to the environment and its log-det in `log_prob_entropy`."""
+    if continuous:
+        loc, log_std = pi
+        return distrax.MultivariateNormalDiag(loc, jnp.exp(log_std))
+    return distrax.Categorical(logits=pi)
+
+
+def tanh_log_det(raw: jax.Array) -> jax.Array:
+    """sum log |d tanh(x)/dx| = sum log(1 - tanh(x)^2), in a form that is stable for large |x|."""
+    return jnp.sum(2.0 * (jnp.log(2.0) - raw - jax.nn.softplus(-2.0 * raw)), axis=-1)
+
+
+def sample_action(key, pi, continuous: bool, greedy=False):
+    """Returns (stored action, log-probability, action for the environment)."""
+    dist = policy_distribution(pi, continuous)
+    action = dist.mode() if greedy else dist.sample(seed=key)
+    log_prob = dist.log_prob(action)
+    if continuous:
+        return action, log_prob - tanh_log_det(action), jnp.tanh(action)
+    return action, log_prob, action
+
+
+def log_prob_entropy(pi, action, continuous: bool):
+    """Log-probability of stored actions and the policy's entropy (of the pre-tanh Gaussian where
+    continuous: the squashed one has no closed form, and the two differ by the expected log-det)."""
+    dist = policy_distribution(pi, continuous)
+    log_prob = dist.log_prob(action)
+    if continuous:
+        log_prob = log_prob - tanh_log_det(action)
+    return log_prob, dist.entropy()
+
+
+# =============================================================================================
+# PPO pieces (pure functions on arrays; tests check them on hand-made inputs)
+# =============================================================================================
+def gae(rewards, values, dones, last_value, gamma, gae_lambda):
+    """Generalised advantage estimation, backwards over time (axis 0). `dones[t]` ends the episode
+    at transition t: the authors' Mava code bootstraps nothing past it, time limits included."""
+
+    def backwards(carry, x):
+        next_advantage, next_value = carry
+        reward, value, done = x
+        not_done = 1.0 - done.astype(jnp.float32)
+        delta = reward + gamma * next_value * not_done - value
+        advantage = delta + gamma * gae_lambda * not_done * next_advantage
+        return (advantage, value), advantage
+
+    _, advantages = jax.lax.scan(backwards, (jnp.zeros_like(last_value), last_value), (rewards, values, dones),
+                                 reverse=True)
+    return advantages, advantages + values
+
+
+def ppo_actor_loss(log_prob, old_log_prob, advantage, clip_eps):
+    """Clipped surrogate objective (to minimise) with per-minibatch advantage normalisation."""
+    advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+    ratio = jnp.exp(log_prob - old_log_prob)
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return -jnp.minimum(ratio * advantage, clipped * advantage).mean()
+
+
+def ppo_value_loss(value, old_value, target, clip_eps):
+    """Clipped value loss: the larger of the plain and the clipped squared errors, halved."""
+    clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+    return 0.5 * jnp.maximum(jnp.square(value - target), jnp.square(clipped - target)).mean()
+
+
+# =============================================================================================
+# Training
+# =============================================================================================
+class Transition(NamedTuple):
+    obs: jax.Array  # [T, E, A, obs_dim]
+    critic_in: jax.Array  # [T, E, A, critic_dim]
+    start: jax.Array  # [T, E] the observation opens an episode (GRU states reset)
+    action_mask: jax.Array
+    action: jax.Array
+    log_prob: jax.Array  # [T, E, A]
+    value: jax.Array  # [T, E, A]
+    reward: jax.Array  # [T, E]
+    done: jax.Array  # [T, E]
+
+
+class RunnerState(NamedTuple):
+    actor_params: dict
+    critic_params: dict
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    env_state: object
+    timestep: TimeStep
+    start: jax.Array  # [E] bool
+    actor_h: jax.Array  # [E, A, gru]
+    critic_h: jax.Array
+    key: jax.Array
+    best_score: jax.Array  # best evaluation score so far, and the actor parameters that made it
+    best_actor_params: dict
+
+
+class Trainer(NamedTuple):
+    init: Callable  # init(key, hp) -> RunnerState
+    learn: Callable  # learn(runner, hp) -> (runner, metrics): one evaluation interval of updates, then evaluation
+    evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics
+    train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
+    num_updates_per_eval: int
+
+
+def critic_input(ts: TimeStep, num_agents: int) -> jax.Array:
+    """MAPPO's critic sees the global state, the same copy for every agent (no agent id, as the
+    authors' wrappers build it: the team reward makes every agent's value the same)."""
+    return jnp.broadcast_to(ts.state[..., None, :], ts.state.shape[:-1] + (num_agents, ts.state.shape[-1]))
+
+
+def make_train(args: Args, env: EnvSpec) -> Trainer:
+    num_agents, continuous = env.num_agents, env.continuous
+    steps_per_update = args.num_envs * args.rollout_length
+    num_updates_per_eval = args.total_timesteps // steps_per_update // args.num_evaluations
+    envs_per_minibatch = args.num_envs // args.num_minibatches
+    actor = Actor(env.num_actions, continuous, args.layer_size, args.gru_size)
+    critic = Critic(args.layer_size, args.gru_size)
+    reset_envs = jax.vmap(env.reset)
+    step_envs = jax.vmap(env.step)
+
+    def optimiser(lr, max_grad_norm):
+        return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
+
+    def zeros_h(batch):
+        return jnp.zeros((batch, num_agents, args.gru_size), jnp.float32)
+
+    def init(key, hp):
+        key, key_actor, key_critic, key_env = jax.random.split(key, 4)
+        env_state, ts = reset_envs(jax.random.split(key_env, args.num_envs))
+        start = jnp.ones((1, 1, num_agents), bool)
+        actor_params = actor.init(key_actor, zeros_h(1), ts.obs[:1][None], start, ts.action_mask[:1][None])
+        critic_params = critic.init(key_critic, zeros_h(1), critic_input(ts, num_agents)[:1][None], start)
+        return RunnerState(
+            actor_params, critic_params,
+            optimiser(hp["actor_lr"], hp["max_grad_norm"]).init(actor_params),
+            optimiser(hp["critic_lr"], hp["max_grad_norm"]).init(critic_params),
+            env_state, ts, jnp.ones((args.num_envs,), bool), zeros_h(args.num_envs), zeros_h(args.num_envs), key,
+            jnp.array(-jnp.inf, jnp.float32), actor_params)
+
+    def rollout(runner: RunnerState):
+        def one_step(carry, key):
+            env_state, ts, start, actor_h, critic_h = carry
+            key_action, key_env = jax.random.split(key)
+            start_a = jnp.broadcast_to(start[:, None], (args.num_envs, num_agents))
+            critic_in = critic_input(ts, num_agents)
+            actor_h, pi = actor.apply(runner.actor_params, actor_h, ts.obs[None], start_a[None], ts.action_mask[None])
+            critic_h, value = critic.apply(runner.critic_params, critic_h, critic_in[None], start_a[None])
+            pi = jax.tree.map(lambda x: x[0], pi)
+            action, log_prob, env_action = sample_action(key_action, pi, continuous)
+            env_state, next_ts = step_envs(jax.random.split(key_env, args.num_envs), env_state, env_action)
+            transition = Transition(ts.obs, critic_in, start, ts.action_mask, action, log_prob, value[0],
+                                    next_ts.reward, next_ts.done)
+            episode = (next_ts.done, next_ts.episode_return, next_ts.won)
+            return (env_state, next_ts, next_ts.done, actor_h, critic_h), (transition, episode)
+
+        key, key_rollout = jax.random.split(runner.key)
+        carry = (runner.env_state, runner.timestep, runner.start, runner.actor_h, runner.critic_h)
+        carry, (traj, episodes) = jax.lax.scan(one_step, carry, jax.random.split(key_rollout, args.rollout_length))
+        env_state, ts, start, actor_h, critic_h = carry
+        start_a = jnp.broadcast_to(start[:, None], (args.num_envs, num_agents))
+        _, last_value = critic.apply(runner.critic_params, critic_h, critic_input(ts, num_agents)[None], start_a[None])
+        runner = runner._replace(env_state=env_state, timestep=ts, start=start, actor_h=actor_h,
+                                 critic_h=critic_h, key=key)
+        return runner, traj, last_value[0], episodes
+
+    def loss_fn(actor_params, critic_params, batch, hp):
+        traj, actor_h0, critic_h0, advantage, target = batch
+        start = jnp.broadcast_to(traj.start[..., None], traj.log_prob.shape)
+        _, pi = actor.apply(actor_params, actor_h0, traj.obs, start, traj.action_mask)
+        log_prob, entropy = log_prob_entropy(pi, traj.action, continuous)
+        _, value = critic.apply(critic_params, critic_h0, traj.critic_in, start)
+        actor_loss = ppo_actor_loss(log_prob, traj.log_prob, advantage, hp["clip_eps"])
+        value_loss = ppo_value_loss(value, traj.value, target, hp["clip_eps"])
+        entropy = entropy.mean()
+        total = actor_loss - hp["ent_coef"] * entropy + hp["vf_coef"] * value_loss
+        return total, {"actor_loss": actor_loss, "value_loss": value_loss, "entropy": entropy}
+
+    def update(runner: RunnerState, hp):
+        actor_h0, critic_h0 = runner.actor_h, runner.critic_h
+        runner, traj, last_value, episodes = rollout(runner)
+        rewards = jnp.broadcast_to(traj.reward[..., None], traj.value.shape)
+        dones = jnp.broadcast_to(traj.done[..., None], traj.value.shape)
+        advantage, target = gae(rewards, traj.value, dones, last_value, hp["gamma"], hp["gae_lambda"])
+        actor_opt = optimiser(hp["actor_lr"], hp["max_grad_norm"])
+        critic_opt = optimiser(hp["critic_lr"], hp["max_grad_norm"])
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+        def epoch(carry, key):
+            def minibatch(carry, batch):
+                actor_params, critic_params, actor_opt_state, critic_opt_state = carry
+                (_, stats), (actor_grad, critic_grad) = grad_fn(actor_params, critic_params, batch, hp)
+                actor_updates, actor_opt_state = actor_opt.update(actor_grad, actor_opt_state)
+                critic_updates, critic_opt_state = critic_opt.update(critic_grad, critic_opt_state)
+                carry = (optax.apply_updates(actor_params, actor_updates),
+                         optax.apply_updates(critic_params, critic_updates), actor_opt_state, critic_opt_state)
+                return carry, stats
+
+            # Minibatches are whole environment sequences (axis 1 in time-major arrays, axis 0 in the
+            # initial GRU states), so each replays its GRU from the state the rollout started with.
+            perm = jax.random.permutation(key, args.num_envs)
+
+            def split(x, env_axis):
+                x = jnp.take(x, perm, axis=env_axis)
+                x = x.reshape(x.shape[:env_axis] + (args.num_minibatches, envs_per_minibatch) + x.shape[env_axis + 1:])
+                return jnp.moveaxis(x, env_axis, 0)
+
+            batches = (jax.tree.map(lambda x: split(x, 1), traj), split(actor_h0, 0), split(critic_h0, 0),
+                       split(advantage, 1), split(target, 1))
+            return jax.lax.scan(minibatch, carry, batches)
+
+        key, key_epochs = jax.random.split(runner.key)
+        carry = (runner.actor_params, runner.critic_params, runner.actor_opt_state, runner.critic_opt_state)
+        carry, stats = jax.lax.scan(epoch, carry, jax.random.split(key_epochs, args.ppo_epochs))
+        runner = runner._replace(actor_params=carry[0], critic_params=carry[1], actor_opt_state=carry[2],
+                                 critic_opt_state=carry[3], key=key)
+        done, episode_return, won = episodes
+        n_done = jnp.maximum(done.sum(), 1)
+        stats = jax.tree.map(jnp.mean, stats)
+        stats["train_episode_return"] = jnp.where(done, episode_return, 0.0).sum() / n_done
+        stats["train_episodes"] = done.sum()
+        return runner, stats
+
+    def evaluate(actor_params, key, num_episodes):
+        """`num_episodes` episodes of the decentralised actor, each in its own environment, run for
+        the time limit; only each environment's first episode counts."""
+        key_reset, key_run = jax.random.split(key)
+        env_state, ts = reset_envs(jax.random.split(key_reset, num_episodes))
+        zero_f = jnp.zeros((num_episodes,), jnp.float32)
+        carry = (env_state, ts, jnp.ones((num_episodes,), bool), zeros_h(num_episodes), jnp.zeros((num_episodes,), bool),
+                 zero_f, jnp.zeros((num_episodes,), jnp.int32), zero_f)
+
+        def one_step(carry, key):
+            env_state, ts, start, h, finished, ret, length, won = carry
+            key_action, key_env = jax.random.split(key)
+            start_a = jnp.broadcast_to(start[:, None], (num_episodes, num_agents))
+            h, pi = actor.apply(actor_params, h, ts.obs[None], start_a[None], ts.action_mask[None])
+            _, _, env_action = sample_action(key_action, jax.tree.map(lambda x: x[0], pi), continuous,
+                                             greedy=args.evaluation_greedy)
+            env_state, ts = step_envs(jax.random.split(key_env, num_episodes), env_state, env_action)
+            first_end = ts.done & ~finished
+            ret = jnp.where(first_end, ts.episode_return, ret)
+            length = jnp.where(first_end, ts.episode_length, length)
+            won = jnp.where(first_end, ts.won, won)
+            return (env_state, ts, ts.done, h, finished | ts.done, ret, length, won), None
+
+        carry, _ = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
+        _, _, _, _, _, ret, length, won = carry
+        metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
+        return {name: metrics[name] for name in eval_metric_names(env.suite)}
+
+    def learn(runner: RunnerState, hp):
+        runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
+        key, key_eval = jax.random.split(runner.key)
+        evaluation = evaluate(runner.actor_params, key_eval, args.num_eval_episodes)
+        score = evaluation[headline_metric(env.suite)].mean()
+        better = score > runner.best_score
+        runner = runner._replace(
+            key=key, best_score=jnp.where(better, score, runner.best_score),
+            best_actor_params=jax.tree.map(lambda new, old: jnp.where(better, new, old),
+                                           runner.actor_params, runner.best_actor_params))
+        return runner, {"eval": evaluation, "train": stats}
+
+    def train(key, hp):
+        runner = init(key, hp)
+        return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
+
+    return Trainer(init, learn, evaluate, train, num_updates_per_eval)
+
+
+# =============================================================================================
+# Command line: validation, outputs, progress
+# =============================================================================================
+class UsageError(ValueError):
+    """A bad command-line value; the message names the flag and what it accepts."""
+
+
+def validate(args: Args) -> EnvSpec:
+    """Check every flag before anything compiles; returns the environment."""
+    for name in ("num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_evaluations",
+                 "num_eval_episodes", "ppo_epochs", "num_minibatches", "layer_size", "gru_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("clip_eps", "max_grad_norm", "actor_lr", "critic_lr"):
+        if not getattr(args, name) > 0.0 or not math.isfinite(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
+    for name in ("ent_coef", "vf_coef"):
+        if not getattr(args, name) >= 0.0 or not math.isfinite(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.num_envs % args.num_minibatches:
+        raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
+                         f"({args.num_minibatches}): minibatches hold whole environments")
+    steps_per_update = args.num_envs * args.rollout_length
+    if args.total_timesteps < steps_per_update * args.num_evaluations:
+        raise UsageError(
+            f"--total-timesteps ({args.total_timesteps}) is too small for --num-evaluations ({args.num_evaluations}): "
+            f"each checkpoint needs at least one update of --num-envs x --rollout-length = {steps_per_update} steps, "
+            f"so use at least {steps_per_update * args.num_evaluations} or fewer evaluations")
+    try:
+        return make_env(args.env_id)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def make_run_dir(args: Args) -> str:
+    run_name = f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join(args.output_dir, run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "args.json"), "w") as f:
+        json.dump({**dataclasses.asdict(args), "algorithm": ALGORITHM}, f, indent=2)
+    return run_dir
+
+
+def summarise(evaluation: dict) -> dict:
+    """Per-seed mean and std of every evaluation metric ([seeds, episodes] arrays)."""
+    out = {}
+    for name, values in evaluation.items():
+        values = np.asarray(values, np.float64)
+        out[f"{name}_mean"] = values.mean(axis=-1).tolist()
+        out[f"{name}_std"] = values.std(axis=-1).tolist()
+    return out
+
+
+def marl_eval_summary(env: EnvSpec, args: Args, checkpoints: list, absolute: dict | None) -> dict:
+    """marl-eval's JSON layout: env -> task -> algorithm -> seed -> step_i / absolute_metrics."""
+    task = env.env_id.split("-", 1)[1] if env.suite != "connector" else env.env_id
+    runs = {}
+    for s in range(args.num_seeds):
+        run = {f"step_{i}": {"step_count": c["env_steps"], **{k: [float(x) for x in v[s]] for k, v in c["eval"].items()}}
+               for i, c in enumerate(checkpoints)}
+        if absolute is not None:
+            run["absolute_metrics"] = {k: [float(x) for x in v[s]] for k, v in absolute.items()}
+        runs[f"seed_{args.seed + s}"] = run
+    return {env.suite: {task: {ALGORITHM: runs}}}
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def first_non_finite(train_stats: dict) -> int | None:
+    """Index of the first update (within the interval) whose losses are not finite, else None."""
+    losses = np.stack([np.asarray(train_stats[k]) for k in ("actor_loss", "value_loss", "entropy")], axis=-1)
+    bad = ~np.isfinite(losses).all(axis=-1).all(axis=0)  # [seeds, updates] -> [updates]
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def main(args: Args) -> str:
+    try:
+        env = validate(args)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+    run_dir = make_run_dir(args)
+    print(f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
+          f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}")
+    trainer = make_train(args, env)
+    hp = hparams_from_args(args)
+    keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
+    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
+    learn = jax.jit(jax.vmap(trainer.learn, in_axes=(0, None)), donate_argnums=0)
+    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)), static_argnums=2)
+    steps_per_interval = trainer.num_updates_per_eval * args.num_envs * args.rollout_length
+    if steps_per_interval * args.num_evaluations < args.total_timesteps:
+        print(f"note: training {steps_per_interval * args.num_evaluations} steps per seed "
+              f"(whole updates per checkpoint), not {args.total_timesteps}")
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=dataclasses.asdict(args),
+                               name=os.path.basename(run_dir), dir=run_dir)
+
+    t0 = time.time()
+    runner = init(keys, hp)
+    compiled = learn.lower(runner, hp).compile()
+    print(f"compiled in {time.time() - t0:.1f}s")
+    checkpoints, absolute, metric = [], None, headline_metric(env.suite)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    train_start, exit_message = time.time(), None
+    try:
+        for i in range(args.num_evaluations):
+            runner, out = compiled(runner, hp)
+            out = jax.device_get(out)
+            bad = first_non_finite(out["train"])
+            if bad is not None:
+                update_number = i * trainer.num_updates_per_eval + bad + 1
+                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1}); "
+                                f"stopping. Metrics so far are in {run_dir}/metrics.jsonl")
+                break
+            elapsed = time.time() - train_start
+            env_steps = (i + 1) * steps_per_interval
+            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed, 3),
+                      "sps": round(env_steps / elapsed, 1), **summarise(out["eval"]),
+                      **{k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()}}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            checkpoints.append({"env_steps": env_steps, "eval": out["eval"]})
+            mean = np.mean(record[f"{metric}_mean"])
+            spread = np.std(record[f"{metric}_mean"]) if args.num_seeds > 1 else np.mean(record[f"{metric}_std"])
+            eta = elapsed / (i + 1) * (args.num_evaluations - i - 1)
+            print(f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
+                  f"{metric} {mean:8.3f} ± {spread:.3f} | ETA {format_duration(eta)}", flush=True)
+            if wandb_run is not None:
+                wandb_run.log({k: float(np.mean(v)) for k, v in record.items() if k != "checkpoint"}, step=env_steps)
+        else:
+            key_abs = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(args.num_seeds))
+            absolute = jax.device_get(evaluate(runner.best_actor_params, key_abs, 10 * args.num_eval_episodes))
+            means = np.asarray(absolute[metric]).mean(axis=-1)
+            print(f"absolute {metric} (best parameters, {10 * args.num_eval_episodes} episodes): "
+                  f"{means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)")
+    except KeyboardInterrupt:
+        exit_message = f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl"
+    finally:
+        metrics_file.close()
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(marl_eval_summary(env, args, checkpoints, absolute), f)
+        if args.save_model and checkpoints:
+            for name, params in (("final", runner.actor_params), ("best", runner.best_actor_params)):
+                with open(os.path.join(run_dir, f"actor_{name}.msgpack"), "wb") as f:
+                    f.write(serialization.to_bytes(jax.device_get(params)))
+        if wandb_run is not None:
+            wandb_run.finish()
+    if exit_message:
+        sys.exit(exit_message)
+    return run_dir
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,49 @@
+"""Bad input fails before anything compiles, with a message naming the flag and what it accepts."""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPTS = ["ippo", "mappo"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return importlib.import_module(request.param)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"num_envs": 0}, "--num-envs must be a positive integer"),
+    ({"num_seeds": -1}, "--num-seeds must be a positive integer"),
+    ({"num_envs": 6, "num_minibatches": 4}, "--num-envs (6) must be divisible by --num-minibatches (4)"),
+    ({"gamma": 1.5}, "--gamma must be in [0, 1]"),
+    ({"clip_eps": 0.0}, "--clip-eps must be a positive number"),
+    ({"actor_lr": float("nan")}, "--actor-lr must be a positive number"),
+    ({"ent_coef": -0.1}, "--ent-coef must be >= 0"),
+    ({"total_timesteps": 1000, "num_evaluations": 10}, "--total-timesteps (1000) is too small for --num-evaluations (10)"),
+])
+def test_bad_flag_values_name_the_flag(script, overrides, message):
+    args = script.Args(env_id="coordsum-3x10", **overrides)
+    with pytest.raises(script.UsageError) as error:
+        script.validate(args)
+    assert message in str(error.value)
+
+
+def test_unknown_env_id_lists_closest_valid_ids_first(script):
+    with pytest.raises(script.UsageError) as error:
+        script.validate(script.Args(env_id="rware-tiny-2agg"))
+    text = str(error.value)
+    assert "--env-id" in text and "rware-tiny-2ag" in text
+    listed = text[text.index("rware-tiny-2ag"):]
+    assert listed.index("rware-tiny-2ag") < listed.index("coordsum-3x10")  # closest first, then the rest
+
+
+def test_cli_exits_with_message_before_compiling(script, tmp_path):
+    result = subprocess.run([sys.executable, f"{script.__name__}.py", "--env-id", "smax-2s3zz",
+                             "--output-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "error: unknown --env-id 'smax-2s3zz'" in result.stderr and "smax-2s3z" in result.stderr
+    assert "compiled" not in result.stdout and not os.listdir(tmp_path)  # nothing built, nothing written

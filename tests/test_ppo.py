@@ -1,0 +1,105 @@
+"""PPO pieces shared by the recurrent baselines: GAE, losses, GRU resets (same inputs, every script)."""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+SCRIPTS = ["ippo", "mappo"]
+
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return importlib.import_module(request.param)
+
+
+def gae_reference(rewards, values, dones, last_value, gamma, lam):
+    """Plain Python loop over time, one environment at a time."""
+    T, E = rewards.shape
+    adv = np.zeros((T, E))
+    for e in range(E):
+        running, next_value = 0.0, last_value[e]
+        for t in reversed(range(T)):
+            not_done = 1.0 - dones[t, e]
+            delta = rewards[t, e] + gamma * next_value * not_done - values[t, e]
+            running = delta + gamma * lam * not_done * running
+            adv[t, e] = running
+            next_value = values[t, e]
+    return adv
+
+
+def test_gae_matches_python_loop(script):
+    rng = np.random.default_rng(0)
+    T, E = 9, 4
+    rewards, values = rng.normal(size=(T, E)), rng.normal(size=(T, E))
+    dones = rng.random((T, E)) < 0.25
+    last_value = rng.normal(size=E)
+    adv, target = script.gae(jnp.asarray(rewards, jnp.float32), jnp.asarray(values, jnp.float32), jnp.asarray(dones),
+                             jnp.asarray(last_value, jnp.float32), 0.97, 0.9)
+    expected = gae_reference(rewards, values, dones.astype(float), last_value, 0.97, 0.9)
+    np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(target, expected + values, rtol=1e-5, atol=1e-5)
+
+
+def test_gae_single_step_by_hand(script):
+    # delta = r + gamma * V' - V = 1 + 0.5 * 2 - 0.5 = 1.5 ; with done the bootstrap is cut: 1 - 0.5 = 0.5
+    adv, _ = script.gae(jnp.array([[1.0, 1.0]]), jnp.array([[0.5, 0.5]]), jnp.array([[False, True]]),
+                        jnp.array([2.0, 2.0]), 0.5, 0.9)
+    np.testing.assert_allclose(adv, [[1.5, 0.5]])
+
+
+def test_ppo_actor_loss_by_hand(script):
+    # advantages [1,-1,2] normalise to [0.26726, -1.33631, 1.06904]; ratios [1.5, 0.5, 1.1] clip to
+    # [1.2, 0.8, 1.1]; the pessimistic terms are [0.32071, -1.06904, 1.17595], mean 0.14254.
+    log_prob = jnp.log(jnp.array([1.5, 0.5, 1.1]))
+    loss = script.ppo_actor_loss(log_prob, jnp.zeros(3), jnp.array([1.0, -1.0, 2.0]), 0.2)
+    assert float(loss) == pytest.approx(-0.1425393, abs=1e-5)
+
+
+def test_ppo_value_loss_by_hand(script):
+    # clipped values [0.7, 2.3]; squared errors plain [1, 4], clipped [1.69, 5.29]; 0.5 * mean(max) = 1.745
+    loss = script.ppo_value_loss(jnp.array([1.0, 2.0]), jnp.array([0.5, 2.5]), jnp.array([2.0, 0.0]), 0.2)
+    assert float(loss) == pytest.approx(1.745, abs=1e-6)
+
+
+def test_gru_state_resets_where_an_episode_starts(script):
+    actor = script.Actor(num_actions=5, continuous=False, layer_size=8, gru_size=6)
+    T, B, D = 6, 3, 4
+    obs = jax.random.normal(jax.random.PRNGKey(0), (T, B, D))
+    mask = jnp.ones((T, B, 5), bool)
+    start = jnp.zeros((T, B), bool).at[0].set(True).at[3, 1].set(True)
+    h0 = jax.random.normal(jax.random.PRNGKey(1), (B, 6))  # a stale state must be wiped at t=0
+    params = actor.init(jax.random.PRNGKey(2), h0, obs, start, mask)
+    _, logits = actor.apply(params, h0, obs, start, mask)
+    # Env 1 restarts at t=3: its outputs from there equal a fresh run on obs[3:] from a zero state.
+    _, fresh = actor.apply(params, jnp.zeros((B, 6)), obs[3:], start[3:].at[0].set(True), mask[3:])
+    np.testing.assert_allclose(logits[3:, 1], fresh[:, 1], rtol=1e-5, atol=1e-6)
+    _, from_zero = actor.apply(params, jnp.zeros((B, 6)), obs, start, mask)
+    np.testing.assert_allclose(logits, from_zero, rtol=1e-5, atol=1e-6)
+    # Env 0 does not restart: its state carries over, so the outputs differ from the fresh run.
+    assert not np.allclose(logits[3:, 0], fresh[:, 0], atol=1e-4)
+
+
+def test_masked_actions_are_never_sampled_and_have_zero_probability(script):
+    actor = script.Actor(num_actions=4, continuous=False, layer_size=8, gru_size=6)
+    obs = jax.random.normal(jax.random.PRNGKey(0), (1, 512, 3))
+    mask = jnp.broadcast_to(jnp.array([False, True, False, True]), (1, 512, 4))
+    start = jnp.ones((1, 512), bool)
+    params = actor.init(jax.random.PRNGKey(1), jnp.zeros((512, 6)), obs, start, mask)
+    _, logits = actor.apply(params, jnp.zeros((512, 6)), obs, start, mask)
+    action, log_prob, _ = script.sample_action(jax.random.PRNGKey(2), logits[0], False)
+    assert set(np.unique(action)) <= {1, 3}
+    lp, entropy = script.log_prob_entropy(logits[0], jnp.zeros(512, jnp.int32), False)
+    assert np.all(np.asarray(lp) < -1e8) and np.all(np.isfinite(entropy)) and np.all(entropy <= np.log(2) + 1e-6)
+
+
+def test_tanh_gaussian_log_prob_matches_change_of_variables(script):
+    # log p(tanh(x)) = log N(x) - log(1 - tanh(x)^2), per dimension, summed.
+    loc, log_std = jnp.array([[0.3, -1.0]]), jnp.array([[0.1, -0.5]])
+    raw = jnp.array([[0.7, -2.5]])
+    lp, _ = script.log_prob_entropy((loc, log_std), raw, True)
+    std = np.exp(np.asarray(log_std))
+    normal = -0.5 * ((np.asarray(raw) - np.asarray(loc)) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+    expected = (normal - np.log(1 - np.tanh(np.asarray(raw)) ** 2)).sum()
+    assert float(lp[0]) == pytest.approx(expected, rel=1e-4)
