@@ -200,13 +200,12 @@ _MPE = {"simple_spread_3ag": 3, "simple_spread_5ag": 5, "simple_spread_10ag": 10
 # SMAX HeuristicEnemySMAX maps (see_enemy_actions, walls_cause_death, attack_mode "closest")
 _SMAX = ("2s3z", "3s5z", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "3s5z_vs_3s6z", "3s_vs_5z",
          "6h_vs_8z", "smacv2_5_units", "smacv2_10_units")
-# CoordSum (time limit 100): (agents, actions, maxval) as the authors' registered "AxN-maxval-v0"
-_COORDSUM = {"3x10": (3, 10, 30), "3x30": (3, 30, 50), "5x20": (5, 20, 80), "8x15": (8, 15, 100)}
+# CoordSum: the authors' registered tasks, coordsum.TASK_MAXVAL (any other <agents>x<actions> builds too)
 
 ENV_IDS = (
     [f"rware-{t}" for t in _RWARE] + [f"lbf-{t}" for t in _LBF] + list(_CONNECTOR)
     + [f"mpe-{t}" for t in _MPE] + [f"smax-{t}" for t in _SMAX]
-    + [f"coordsum-{t}" for t in _COORDSUM]
+    + [f"coordsum-{t}" for t in coordsum.TASK_MAXVAL]
 )
 
 
@@ -687,6 +686,7 @@ class RunnerState(NamedTuple):
 
 class Trainer(NamedTuple):
     init: Callable  # init(key, hp) -> RunnerState
+    update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its PPO epochs
     learn: Callable  # learn(runner, hp) -> (runner, metrics): one evaluation interval of updates, then evaluation
     evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics
     train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
@@ -854,7 +854,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         runner = init(key, hp)
         return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
 
-    return Trainer(init, learn, evaluate, train, num_updates_per_eval)
+    return Trainer(init, update, learn, evaluate, train, num_updates_per_eval)
 
 
 # =============================================================================================

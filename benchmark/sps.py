@@ -1,0 +1,222 @@
+"""Training throughput of the algorithm scripts, beside the environment's own random-action
+throughput (the ceiling) and, where given, the authors' Mava-based systems on the same machine.
+
+    python benchmark/sps.py                                   # ippo and mappo, one task per suite
+    python benchmark/sps.py --scripts ippo --env-ids coordsum-3x10 rware-tiny-2ag \
+        --authors-src /tmp/authors-src --authors-venv /tmp/authors-venv
+
+Every figure comes from its own fresh process (so compile time and peak memory are that run's
+alone), all in one session, and the table goes to stdout and to --out as Markdown and JSON.
+
+What is timed: the jitted training updates alone (rollout, GAE, PPO epochs), after compilation,
+the same span the authors' systems time in their `[TIMING]` lines (evaluation excluded).
+`--num-envs 128` is the paper's workload: the authors ran 64 environments with Mava's
+update_batch_size 2, i.e. 128 environments per update, which is what their runs here use too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a", "mpe-simple_spread_3ag", "smax-2s3z"]
+# The authors' hydra names for the tasks this benchmark compares on.
+AUTHORS_ENVS = {"coordsum-3x10": ("coordsum", "3x10-30"), "rware-tiny-2ag": ("rware", "tiny-2ag")}
+AUTHORS_SYSTEMS = {"ippo": "mava/systems/ppo/anakin/rec_ippo.py", "mappo": "mava/systems/ppo/anakin/rec_mappo.py",
+                   "magpo_sable": "mava/systems/gpo/anakin/rec_magpo.py"}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_peak_mib() -> float | None:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+
+
+def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int, updates: int, repeats: int) -> dict:
+    """Compile `updates` training updates of `script` as one jitted call and time `repeats` calls."""
+    import jax
+
+    sys.path.insert(0, ROOT)
+    module = importlib.import_module(script)
+    args = module.Args(env_id=env_id, num_envs=num_envs, rollout_length=rollout_length,
+                       total_timesteps=num_envs * rollout_length * updates, num_evaluations=1)
+    env = module.validate(args)
+    trainer = module.make_train(args, env)
+    hp = module.hparams_from_args(args)
+
+    def train_updates(runner, hp):
+        return jax.lax.scan(lambda r, _: trainer.update(r, hp), runner, None, updates)
+
+    start = time.perf_counter()
+    runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), hp)
+    compiled = jax.jit(train_updates, donate_argnums=0).lower(runner, hp).compile()
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runner, stats = compiled(runner, hp)
+        jax.block_until_ready(stats)
+        times.append(time.perf_counter() - start)
+    steps = num_envs * rollout_length * updates
+    return {"kind": "ours", "script": script, "env_id": env_id, "num_envs": num_envs, "compile_s": round(compile_s, 1),
+            "sps": round(steps / statistics.median(times)), "peak_host_mib": round(peak_rss_mib()),
+            "peak_device_mib": device_peak_mib(), "device": str(jax.devices()[0].device_kind)}
+
+
+def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -> dict:
+    """Random valid actions in `num_envs` vmapped environments, `rollout_length` steps per call."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, ROOT)
+    env = importlib.import_module("ippo").make_env(env_id)
+
+    def rollout(key):
+        key_reset, key_run = jax.random.split(key)
+        state, ts = jax.vmap(env.reset)(jax.random.split(key_reset, num_envs))
+
+        def one_step(carry, key):
+            state, ts = carry
+            key_action, key_env = jax.random.split(key)
+            if env.continuous:
+                actions = jax.random.uniform(key_action, (num_envs, env.num_agents, env.num_actions), minval=-1, maxval=1)
+            else:
+                actions = jax.random.categorical(key_action, jnp.where(ts.action_mask, 0.0, -1e9)).astype(jnp.int32)
+            state, ts = jax.vmap(env.step)(jax.random.split(key_env, num_envs), state, actions)
+            return (state, ts), ts.reward
+
+        return jax.lax.scan(one_step, (state, ts), jax.random.split(key_run, rollout_length))[1]
+
+    run = jax.jit(rollout)
+    jax.block_until_ready(run(jax.random.PRNGKey(0)))
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(jax.random.PRNGKey(i + 1)))
+        times.append(time.perf_counter() - start)
+    return {"kind": "env", "env_id": env_id, "num_envs": num_envs, "sps": round(num_envs * rollout_length / statistics.median(times))}
+
+
+def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int, rollout_length: int,
+                    updates: int, intervals: int, timeout: int) -> dict:
+    """Run the authors' system (patched by ../shared/tools/authors-baseline to print [TIMING] per
+    evaluation interval) at our hyperparameters; report the median steps/s of the intervals after
+    the first two (interval 0 compiles; on CoordSum interval 1 recompiles, a weak-type leak)."""
+    env, scenario = AUTHORS_ENVS[env_id]
+    update_batch_size = 2
+    per_update = num_envs * rollout_length
+    if num_envs % update_batch_size:
+        raise ValueError("--num-envs must be even to split over the authors' update_batch_size 2")
+    command = [os.path.join(venv, "bin", "python"), AUTHORS_SYSTEMS[system], f"env={env}", f"env/scenario={scenario}",
+               f"arch.num_envs={num_envs // update_batch_size}", f"system.update_batch_size={update_batch_size}",
+               f"system.rollout_length={rollout_length}", f"system.total_timesteps={per_update * updates * intervals}",
+               f"arch.num_evaluation={intervals}", "arch.absolute_metric=False", "arch.num_eval_episodes=8",
+               # our defaults (speed does not depend on them, but the comparison is at identical settings)
+               "system.gae_lambda=0.9", "system.vf_coef=0.1"]
+    env_vars = {**os.environ, "PYTHONPATH": src, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=src, env=env_vars, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - start
+    timings = [(int(m.group(1)), float(m.group(2)), float(m.group(3)))
+               for m in re.finditer(r"\[TIMING\] interval (\d+) elapsed_s=([\d.]+) env_steps=\d+ sps=([\d.]+)", result.stdout)]
+    if result.returncode != 0 or len(timings) < 3:
+        raise RuntimeError(f"authors' {system} failed or printed too few [TIMING] lines:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    steady = [sps for interval, _, sps in timings if interval >= 2]
+    return {"kind": "authors", "script": system, "env_id": env_id, "num_envs": num_envs, "sps": round(statistics.median(steady)),
+            "first_interval_s": round(timings[0][1], 1), "intervals_sps": [round(s) for _, _, s in timings], "wall_s": round(wall, 1)}
+
+
+def in_subprocess(*argv: str) -> dict:
+    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", *argv],
+                            capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
+    by = {(r["kind"], r.get("script"), r["env_id"]): r for r in rows}
+    lines = ["| script | task | steps/s | compile s | peak host MiB | env ceiling steps/s | of ceiling | authors' steps/s | ours / authors |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for script in scripts:
+        for env_id in env_ids:
+            ours = by.get(("ours", script, env_id))
+            if ours is None:
+                continue
+            ceiling = by.get(("env", None, env_id))
+            authors = by.get(("authors", script, env_id))
+            lines.append("| " + " | ".join([
+                script, env_id, f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
+                f"{ceiling['sps']:,}" if ceiling else "-", f"{ours['sps'] / ceiling['sps']:.1%}" if ceiling else "-",
+                f"{authors['sps']:,}" if authors else "-", f"{ours['sps'] / authors['sps']:.2f}x" if authors else "-"]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo"])
+    parser.add_argument("--env-ids", nargs="+", default=SUITE_TASKS)
+    parser.add_argument("--num-envs", type=int, default=128)
+    parser.add_argument("--rollout-length", type=int, default=128)
+    parser.add_argument("--updates", type=int, default=3, help="training updates per timed call")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls after compilation (median)")
+    parser.add_argument("--authors-src", help="local copy of github liyheng/MAGPO, set up by ../shared/tools/authors-baseline")
+    parser.add_argument("--authors-venv", default="/tmp/authors-venv")
+    parser.add_argument("--authors-intervals", type=int, default=4)
+    parser.add_argument("--authors-timeout", type=int, default=1800)
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmark", "results"), help="folder for sps_<device>.md/.json")
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+
+    if opts.measure:  # child process: one figure, printed as JSON
+        what, *rest = opts.measure
+        if what == "env":
+            out = measure_env(rest[0], opts.num_envs, opts.rollout_length, opts.repeats + 1)
+        else:
+            out = measure_script(what, rest[0], opts.num_envs, opts.rollout_length, opts.updates, opts.repeats)
+        print(json.dumps(out))
+        return
+
+    common = ["--num-envs", str(opts.num_envs), "--rollout-length", str(opts.rollout_length),
+              "--updates", str(opts.updates), "--repeats", str(opts.repeats)]
+    rows = []
+    for env_id in opts.env_ids:
+        rows.append(in_subprocess("env", env_id, *common))
+        print(f"env ceiling {env_id}: {rows[-1]['sps']:,} steps/s", flush=True)
+        for script in opts.scripts:
+            rows.append(in_subprocess(script, env_id, *common))
+            print(f"{script} {env_id}: {rows[-1]['sps']:,} steps/s, compiled in {rows[-1]['compile_s']}s", flush=True)
+            if opts.authors_src and env_id in AUTHORS_ENVS and script in AUTHORS_SYSTEMS:
+                rows.append(measure_authors(script, env_id, opts.authors_src, opts.authors_venv, opts.num_envs,
+                                            opts.rollout_length, opts.updates, opts.authors_intervals, opts.authors_timeout))
+                print(f"authors' {script} {env_id}: {rows[-1]['sps']:,} steps/s (intervals {rows[-1]['intervals_sps']})", flush=True)
+    device = next((r["device"] for r in rows if r["kind"] == "ours"), "cpu")
+    tag = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    header = (f"Measured {time.strftime('%Y-%m-%d')} on {device} ({os.cpu_count()} cores), "
+              f"{opts.num_envs} envs x rollout {opts.rollout_length}, {opts.updates} updates per timed call.\n"
+              f"Command: python benchmark/sps.py {' '.join(sys.argv[1:])}\n")
+    text = header + "\n" + table(rows, opts.scripts, opts.env_ids) + "\n"
+    print("\n" + text)
+    os.makedirs(opts.out, exist_ok=True)
+    with open(os.path.join(opts.out, f"sps_{tag}.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(opts.out, f"sps_{tag}.json"), "w") as f:
+        json.dump({"command": sys.argv, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

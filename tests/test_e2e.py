@@ -1,0 +1,94 @@
+"""Short end-to-end runs of every script on one task of every suite, as a user runs them (main()),
+checking what they wrote: args.json, one metrics line per checkpoint, a marl-eval summary, models."""
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+SCRIPTS = ["ippo", "mappo"]
+SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a", "mpe-simple_spread_3ag", "smax-2s3z"]
+TINY = dict(num_envs=4, rollout_length=8, total_timesteps=2 * 4 * 8, num_evaluations=2, num_eval_episodes=3,
+            num_minibatches=2, ppo_epochs=1, layer_size=16, gru_size=16, num_seeds=2, save_model=True)
+
+
+def run(script, env_id, tmp_path, **overrides):
+    module = importlib.import_module(script)
+    args = module.Args(env_id=env_id, output_dir=str(tmp_path), **{**TINY, **overrides})
+    return module, args, module.main(args)
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("env_id", SUITE_TASKS)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_short_run_writes_finite_metrics_for_two_seeds(script, env_id, tmp_path):
+    module, args, run_dir = run(script, env_id, tmp_path)
+    assert os.path.basename(run_dir).startswith(f"{env_id}__{script}__0__")
+    assert json.load(open(os.path.join(run_dir, "args.json")))["env_id"] == env_id
+    records = read_metrics(run_dir)
+    env = module.make_env(env_id)
+    assert [r["checkpoint"] for r in records] == [1, 2]
+    assert [r["env_steps"] for r in records] == [32, 64]
+    for record in records:
+        for name in module.eval_metric_names(env.suite):
+            for stat in ("mean", "std"):
+                values = record[f"{name}_{stat}"]
+                assert len(values) == 2 and np.all(np.isfinite(values)), (name, values)
+        assert all(np.isfinite(record[k]).all() for k in ("actor_loss", "value_loss", "entropy"))
+        # Evaluation ran whole episodes: none is longer than the time limit, and fixed-horizon suites hit it.
+        assert max(record["episode_length_mean"]) <= env.time_limit
+        if env.suite in ("coordsum", "mpe"):
+            assert record["episode_length_mean"] == [env.time_limit, env.time_limit]
+        # Two seeds are two different runs compiled once: their losses differ.
+        assert record["actor_loss"][0] != record["actor_loss"][1]
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    seeds = list(list(summary[env.suite].values())[0][script].values())
+    assert len(seeds) == 2 and len(seeds[0]["absolute_metrics"]["episode_return"]) == 10 * args.num_eval_episodes
+    assert seeds[0]["step_1"]["step_count"] == 64 and len(seeds[0]["step_1"]["episode_return"]) == args.num_eval_episodes
+    for name in ("actor_final.msgpack", "actor_best.msgpack"):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 1000
+
+
+def test_seed_i_of_a_multi_seed_run_equals_a_single_run_with_that_seed(tmp_path):
+    _, _, both = run("ippo", "coordsum-3x10", tmp_path / "a", seed=7, save_model=False)
+    _, _, single = run("ippo", "coordsum-3x10", tmp_path / "b", seed=8, num_seeds=1, save_model=False)
+    for multi, alone in zip(read_metrics(both), read_metrics(single)):
+        np.testing.assert_allclose(multi["actor_loss"][1], alone["actor_loss"][0], rtol=1e-3, atol=1e-6)
+        assert multi["episode_return_mean"][1] == pytest.approx(alone["episode_return_mean"][0], rel=1e-4)
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_metrics(tmp_path, capsys):
+    # An absurd learning rate blows the networks up within a few updates.
+    with pytest.raises(SystemExit) as stop:
+        run("ippo", "mpe-simple_spread_3ag", tmp_path, actor_lr=1e30, critic_lr=1e30, num_evaluations=4,
+            total_timesteps=4 * 3 * 4 * 8, num_seeds=1, save_model=False)
+    message = str(stop.value)
+    assert "non-finite loss at update" in message and "metrics.jsonl" in message
+    run_dir = os.path.join(tmp_path, os.listdir(tmp_path)[0])
+    update = int(message.split("update ")[1].split(" ")[0])
+    assert len(read_metrics(run_dir)) == (update - 1) // 3  # every checkpoint before the bad one was kept
+    assert os.path.exists(os.path.join(run_dir, "summary.json"))
+
+
+def test_ctrl_c_keeps_a_readable_metrics_file(tmp_path, monkeypatch):
+    import ippo
+
+    real_summarise, calls = ippo.summarise, []
+
+    def interrupt_on_second_checkpoint(evaluation):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_summarise(evaluation)
+
+    monkeypatch.setattr(ippo, "summarise", interrupt_on_second_checkpoint)
+    with pytest.raises(SystemExit, match="interrupted; 1 checkpoint"):
+        run("ippo", "coordsum-3x10", tmp_path, num_evaluations=3, total_timesteps=3 * 32, save_model=False)
+    run_dir = os.path.join(tmp_path, os.listdir(tmp_path)[0])
+    assert [r["checkpoint"] for r in read_metrics(run_dir)] == [1]
+    assert "step_0" in list(list(json.load(open(os.path.join(run_dir, "summary.json")))["coordsum"].values())[0]["ippo"].values())[0]
