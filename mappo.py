@@ -602,24 +602,25 @@ def tanh_log_det(raw: jax.Array) -> jax.Array:
     return jnp.sum(2.0 * (jnp.log(2.0) - raw - jax.nn.softplus(-2.0 * raw)), axis=-1)
 
 
+def action_log_prob(dist: distrax.Distribution, action: jax.Array, continuous: bool) -> jax.Array:
+    """log pi(a); for the tanh-squashed Gaussian, of the squashed action (change of variables)."""
+    log_prob = dist.log_prob(action)
+    return log_prob - tanh_log_det(action) if continuous else log_prob
+
+
 def sample_action(key, pi, continuous: bool, greedy=False):
-    """Returns (stored action, log-probability, action for the environment)."""
+    """Returns (stored action, log-probability, action for the environment). Continuous actions
+    are stored before the tanh, so that their log-probability needs no atanh later."""
     dist = policy_distribution(pi, continuous)
     action = dist.mode() if greedy else dist.sample(seed=key)
-    log_prob = dist.log_prob(action)
-    if continuous:
-        return action, log_prob - tanh_log_det(action), jnp.tanh(action)
-    return action, log_prob, action
+    return action, action_log_prob(dist, action, continuous), jnp.tanh(action) if continuous else action
 
 
 def log_prob_entropy(pi, action, continuous: bool):
     """Log-probability of stored actions and the policy's entropy (of the pre-tanh Gaussian where
     continuous: the squashed one has no closed form, and the two differ by the expected log-det)."""
     dist = policy_distribution(pi, continuous)
-    log_prob = dist.log_prob(action)
-    if continuous:
-        log_prob = log_prob - tanh_log_det(action)
-    return log_prob, dist.entropy()
+    return action_log_prob(dist, action, continuous), dist.entropy()
 
 
 # =============================================================================================
@@ -730,19 +731,28 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
             env_state, ts, jnp.ones((args.num_envs,), bool), zeros_h(args.num_envs), zeros_h(args.num_envs), key,
             jnp.array(-jnp.inf, jnp.float32), actor_params)
 
+    def per_agent(start):
+        """[E] episode-start flags -> [1, E, A]: one time step, every agent of the environment."""
+        return jnp.broadcast_to(start[:, None], start.shape + (num_agents,))[None]
+
+    def act(actor_params, h, ts, start, key, greedy=False):
+        """One decentralised step of every agent: (new GRU state, stored action, log-prob, env action)."""
+        h, pi = actor.apply(actor_params, h, ts.obs[None], per_agent(start), ts.action_mask[None])
+        return (h, *sample_action(key, jax.tree.map(lambda x: x[0], pi), continuous, greedy))
+
+    def value_of(critic_params, h, ts, start):
+        h, value = critic.apply(critic_params, h, critic_input(ts, num_agents)[None], per_agent(start))
+        return h, value[0]
+
     def rollout(runner: RunnerState):
         def one_step(carry, key):
             env_state, ts, start, actor_h, critic_h = carry
             key_action, key_env = jax.random.split(key)
-            start_a = jnp.broadcast_to(start[:, None], (args.num_envs, num_agents))
-            critic_in = critic_input(ts, num_agents)
-            actor_h, pi = actor.apply(runner.actor_params, actor_h, ts.obs[None], start_a[None], ts.action_mask[None])
-            critic_h, value = critic.apply(runner.critic_params, critic_h, critic_in[None], start_a[None])
-            pi = jax.tree.map(lambda x: x[0], pi)
-            action, log_prob, env_action = sample_action(key_action, pi, continuous)
+            actor_h, action, log_prob, env_action = act(runner.actor_params, actor_h, ts, start, key_action)
+            critic_h, value = value_of(runner.critic_params, critic_h, ts, start)
             env_state, next_ts = step_envs(jax.random.split(key_env, args.num_envs), env_state, env_action)
-            transition = Transition(ts.obs, critic_in, start, ts.action_mask, action, log_prob, value[0],
-                                    next_ts.reward, next_ts.done)
+            transition = Transition(ts.obs, critic_input(ts, num_agents), start, ts.action_mask, action, log_prob,
+                                    value, next_ts.reward, next_ts.done)
             episode = (next_ts.done, next_ts.episode_return, next_ts.won)
             return (env_state, next_ts, next_ts.done, actor_h, critic_h), (transition, episode)
 
@@ -750,11 +760,10 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         carry = (runner.env_state, runner.timestep, runner.start, runner.actor_h, runner.critic_h)
         carry, (traj, episodes) = jax.lax.scan(one_step, carry, jax.random.split(key_rollout, args.rollout_length))
         env_state, ts, start, actor_h, critic_h = carry
-        start_a = jnp.broadcast_to(start[:, None], (args.num_envs, num_agents))
-        _, last_value = critic.apply(runner.critic_params, critic_h, critic_input(ts, num_agents)[None], start_a[None])
+        _, last_value = value_of(runner.critic_params, critic_h, ts, start)
         runner = runner._replace(env_state=env_state, timestep=ts, start=start, actor_h=actor_h,
                                  critic_h=critic_h, key=key)
-        return runner, traj, last_value[0], episodes
+        return runner, traj, last_value, episodes
 
     def loss_fn(actor_params, critic_params, batch, hp):
         traj, actor_h0, critic_h0, advantage, target = batch
@@ -825,10 +834,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         def one_step(carry, key):
             env_state, ts, start, h, finished, ret, length, won = carry
             key_action, key_env = jax.random.split(key)
-            start_a = jnp.broadcast_to(start[:, None], (num_episodes, num_agents))
-            h, pi = actor.apply(actor_params, h, ts.obs[None], start_a[None], ts.action_mask[None])
-            _, _, env_action = sample_action(key_action, jax.tree.map(lambda x: x[0], pi), continuous,
-                                             greedy=args.evaluation_greedy)
+            h, _, _, env_action = act(actor_params, h, ts, start, key_action, args.evaluation_greedy)
             env_state, ts = step_envs(jax.random.split(key_env, num_episodes), env_state, env_action)
             first_end = ts.done & ~finished
             ret = jnp.where(first_end, ts.episode_return, ret)
