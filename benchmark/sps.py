@@ -178,7 +178,8 @@ def main() -> None:
     parser.add_argument("--authors-venv", default="/tmp/authors-venv")
     parser.add_argument("--authors-intervals", type=int, default=4)
     parser.add_argument("--authors-timeout", type=int, default=1800)
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmark", "results"), help="folder for sps_<device>.md/.json")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmark", "results"), help="folder for the .md/.json results")
+    parser.add_argument("--name", help="file name (without extension) of the results; default sps_<device>")
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
     opts = parser.parse_args()
 
@@ -212,9 +213,10 @@ def main() -> None:
     text = header + "\n" + table(rows, opts.scripts, opts.env_ids) + "\n"
     print("\n" + text)
     os.makedirs(opts.out, exist_ok=True)
-    with open(os.path.join(opts.out, f"sps_{tag}.md"), "w") as f:
+    name = opts.name or f"sps_{tag}"
+    with open(os.path.join(opts.out, f"{name}.md"), "w") as f:
         f.write(text)
-    with open(os.path.join(opts.out, f"sps_{tag}.json"), "w") as f:
+    with open(os.path.join(opts.out, f"{name}.json"), "w") as f:
         json.dump({"command": sys.argv, "rows": rows}, f, indent=1)
 
 

@@ -1,0 +1,35 @@
+"""Learning checks (opt-in: `python -m pytest -m slow`; several minutes each on 2 CPU cores).
+
+Each trains a script with its default hyperparameters on a small budget and asserts that the
+decentralised policy's evaluation return passes a stated threshold, well above what the
+untrained policy scores. Thresholds were set from runs on a 2-core CPU (see README)."""
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+# env id -> (budget in env steps, return the last checkpoint must reach, mean over 2 seeds).
+# CoordSum-3x10: the untrained (uniform) policy scores about 6-11 per 100-step episode.
+# MPE simple_spread_3ag: the untrained policy scores about -30 per 26-step episode.
+TASKS = {
+    "coordsum-3x10": (589_824, 20.0),
+    "mpe-simple_spread_3ag": (589_824, -22.0),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", list(TASKS))
+@pytest.mark.parametrize("script", ["ippo", "mappo"])
+def test_learns_past_threshold(script, env_id, tmp_path):
+    budget, threshold = TASKS[env_id]
+    module = importlib.import_module(script)
+    args = module.Args(env_id=env_id, num_envs=64, total_timesteps=budget, num_evaluations=6, num_seeds=2,
+                       output_dir=str(tmp_path))
+    run_dir = module.main(args)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    first, last = np.mean(records[0]["episode_return_mean"]), np.mean(records[-1]["episode_return_mean"])
+    assert last >= threshold, f"{script} on {env_id}: return {last:.2f} after {budget} steps (first checkpoint {first:.2f})"
+    assert last > first
