@@ -92,3 +92,14 @@ def test_ctrl_c_keeps_a_readable_metrics_file(tmp_path, monkeypatch):
     run_dir = os.path.join(tmp_path, os.listdir(tmp_path)[0])
     assert [r["checkpoint"] for r in read_metrics(run_dir)] == [1]
     assert "step_0" in list(list(json.load(open(os.path.join(run_dir, "summary.json")))["coordsum"].values())[0]["ippo"].values())[0]
+
+
+def test_track_logs_the_checkpoints_to_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    _, _, run_dir = run("ippo", "coordsum-3x10", tmp_path, track=True, num_seeds=1, save_model=False)
+    logs = [os.path.join(d, f) for d, _, files in os.walk(run_dir) for f in files if f.endswith(".wandb")]
+    assert len(logs) == 1  # one offline wandb run, inside the run directory
+    data = open(logs[0], "rb").read()  # protobuf records: the logged keys are stored as plain strings
+    for key in ("episode_return_mean", "episode_length_mean", "actor_loss", "sps"):
+        assert key.encode() in data, key
