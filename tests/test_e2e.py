@@ -103,3 +103,22 @@ def test_track_logs_the_checkpoints_to_wandb_offline(tmp_path, monkeypatch):
     data = open(logs[0], "rb").read()  # protobuf records: the logged keys are stored as plain strings
     for key in ("episode_return_mean", "episode_length_mean", "actor_loss", "sps"):
         assert key.encode() in data, key
+
+
+def test_pure_train_function_equals_the_checkpoint_loop():
+    """`train(key, hp)` (one pure function, PureJaxRL's shape) is init followed by learn per checkpoint."""
+    import jax
+
+    import ippo
+
+    args = ippo.Args(env_id="coordsum-3x10", **{k: v for k, v in TINY.items() if k not in ("num_seeds", "save_model")})
+    trainer = ippo.make_train(args, ippo.make_env(args.env_id))
+    hp = ippo.hparams_from_args(args)
+    key = jax.random.PRNGKey(11)
+    _, metrics = jax.jit(trainer.train)(key, hp)
+    runner = trainer.init(key, hp)
+    learn = jax.jit(trainer.learn)
+    for i in range(args.num_evaluations):
+        runner, out = learn(runner, hp)
+        np.testing.assert_allclose(metrics["eval"]["episode_return"][i], out["eval"]["episode_return"], rtol=1e-5)
+        np.testing.assert_allclose(metrics["train"]["actor_loss"][i], out["train"]["actor_loss"], rtol=1e-3, atol=1e-6)
