@@ -64,33 +64,58 @@ def test_ppo_value_loss_by_hand(script):
 
 
 def test_gru_state_resets_where_an_episode_starts(script):
-    actor = script.Actor(num_actions=5, continuous=False, layer_size=8, gru_size=6)
+    actor = script.RecurrentNet(out_size=5, out_scale=0.01, layer_size=8, gru_size=6)
     T, B, D = 6, 3, 4
     obs = jax.random.normal(jax.random.PRNGKey(0), (T, B, D))
-    mask = jnp.ones((T, B, 5), bool)
     start = jnp.zeros((T, B), bool).at[0].set(True).at[3, 1].set(True)
     h0 = jax.random.normal(jax.random.PRNGKey(1), (B, 6))  # a stale state must be wiped at t=0
-    params = actor.init(jax.random.PRNGKey(2), h0, obs, start, mask)
-    _, logits = actor.apply(params, h0, obs, start, mask)
+    params = actor.init(jax.random.PRNGKey(2), h0, obs[0], start[0])
+
+    def unroll(h, obs, start):
+        return script.replay((actor,), (params,), (h,), (obs,), start)[1][0]
+
+    logits = unroll(h0, obs, start)
     # Env 1 restarts at t=3: its outputs from there equal a fresh run on obs[3:] from a zero state.
-    _, fresh = actor.apply(params, jnp.zeros((B, 6)), obs[3:], start[3:].at[0].set(True), mask[3:])
+    fresh = unroll(jnp.zeros((B, 6)), obs[3:], start[3:].at[0].set(True))
     np.testing.assert_allclose(logits[3:, 1], fresh[:, 1], rtol=1e-5, atol=1e-6)
-    _, from_zero = actor.apply(params, jnp.zeros((B, 6)), obs, start, mask)
-    np.testing.assert_allclose(logits, from_zero, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, unroll(jnp.zeros((B, 6)), obs, start), rtol=1e-5, atol=1e-6)
     # Env 0 does not restart: its state carries over, so the outputs differ from the fresh run.
     assert not np.allclose(logits[3:, 0], fresh[:, 0], atol=1e-4)
 
 
+def test_replay_of_two_nets_equals_stepping_each_alone(script):
+    """Training replays actor and critic side by side in one scan; that must equal stepping each
+    net on its own, one time step after another, as the rollout does."""
+    actor = script.RecurrentNet(out_size=4, out_scale=0.01, layer_size=8, gru_size=6)
+    critic = script.RecurrentNet(out_size=1, out_scale=1.0, layer_size=8, gru_size=5)
+    T, B = 5, 2
+    obs, state = jax.random.normal(jax.random.PRNGKey(0), (T, B, 3)), jax.random.normal(jax.random.PRNGKey(1), (T, B, 7))
+    start = jnp.zeros((T, B), bool).at[2, 0].set(True)
+    pa = actor.init(jax.random.PRNGKey(2), jnp.zeros((B, 6)), obs[0], start[0])
+    pc = critic.init(jax.random.PRNGKey(3), jnp.zeros((B, 5)), state[0], start[0])
+    (ha, hc), (logits, values) = script.replay((actor, critic), (pa, pc), (jnp.ones((B, 6)), jnp.ones((B, 5))),
+                                               (obs, state), start)
+    h_a, h_c = jnp.ones((B, 6)), jnp.ones((B, 5))
+    for t in range(T):
+        h_a, logit_t = actor.apply(pa, h_a, obs[t], start[t])
+        h_c, value_t = critic.apply(pc, h_c, state[t], start[t])
+        np.testing.assert_allclose(logits[t], logit_t, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(values[t], value_t, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ha, h_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hc, h_c, rtol=1e-5, atol=1e-6)
+
+
 def test_masked_actions_are_never_sampled_and_have_zero_probability(script):
-    actor = script.Actor(num_actions=4, continuous=False, layer_size=8, gru_size=6)
-    obs = jax.random.normal(jax.random.PRNGKey(0), (1, 512, 3))
-    mask = jnp.broadcast_to(jnp.array([False, True, False, True]), (1, 512, 4))
-    start = jnp.ones((1, 512), bool)
-    params = actor.init(jax.random.PRNGKey(1), jnp.zeros((512, 6)), obs, start, mask)
-    _, logits = actor.apply(params, jnp.zeros((512, 6)), obs, start, mask)
-    action, log_prob, _ = script.sample_action(jax.random.PRNGKey(2), logits[0], False)
+    actor = script.RecurrentNet(out_size=4, out_scale=0.01, layer_size=8, gru_size=6)
+    obs = jax.random.normal(jax.random.PRNGKey(0), (512, 3))
+    mask = jnp.broadcast_to(jnp.array([False, True, False, True]), (512, 4))
+    start = jnp.ones((512,), bool)
+    params = actor.init(jax.random.PRNGKey(1), jnp.zeros((512, 6)), obs, start)
+    _, out = actor.apply(params, jnp.zeros((512, 6)), obs, start)
+    logits = script.mask_logits(out, mask, False)
+    action, log_prob, _ = script.sample_action(jax.random.PRNGKey(2), logits, False)
     assert set(np.unique(action)) <= {1, 3}
-    lp, entropy = script.log_prob_entropy(logits[0], jnp.zeros(512, jnp.int32), False)
+    lp, entropy = script.log_prob_entropy(logits, jnp.zeros(512, jnp.int32), False)
     assert np.all(np.asarray(lp) < -1e8) and np.all(np.isfinite(entropy)) and np.all(entropy <= np.log(2) + 1e-6)
 
 
