@@ -563,6 +563,7 @@ def replay(nets, params, hs, xs, start):
 
 
 def mask_logits(out, action_mask, continuous: bool):
+    """Discrete heads: masked actions get MASKED_LOGIT; continuous heads pass through."""
     return out if continuous else jnp.where(action_mask, out, MASKED_LOGIT)
 
 

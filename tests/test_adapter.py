@@ -188,7 +188,6 @@ def _naive_connector_views(grid, num_agents):
     """Slow reference of Mava's VectorConnectorWrapper view, from the grid alone: per agent,
     renumber agents so that it is agent 0, find its head (2) and target (3), and read 5x5
     windows (fov 2) of blockers and targets, padding outside the grid with 1."""
-    G = grid.shape[0]
     out = []
     for i in range(num_agents):
         g = grid.astype(np.int64).copy()
