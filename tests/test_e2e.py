@@ -7,15 +7,21 @@ import os
 import numpy as np
 import pytest
 
-SCRIPTS = ["ippo", "mappo"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable"]
 SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a", "mpe-simple_spread_3ag", "smax-2s3z"]
 TINY = dict(num_envs=4, rollout_length=8, total_timesteps=2 * 4 * 8, num_evaluations=2, num_eval_episodes=3,
             num_minibatches=2, ppo_epochs=1, layer_size=16, gru_size=16, num_seeds=2, save_model=True)
 
 
+# Scripts that train a centralised guider beside the decentralised learner and report both.
+GUIDED = {"magpo_sable", "ctds", "magpo_mat"}
+# Per script: the tiny size of its own networks.
+TINY_NETWORKS = {"magpo_sable": dict(embed_dim=16, n_block=1, n_head=1)}
+
+
 def run(script, env_id, tmp_path, **overrides):
     module = importlib.import_module(script)
-    args = module.Args(env_id=env_id, output_dir=str(tmp_path), **{**TINY, **overrides})
+    args = module.Args(env_id=env_id, output_dir=str(tmp_path), **{**TINY, **TINY_NETWORKS.get(script, {}), **overrides})
     return module, args, module.main(args)
 
 
@@ -34,12 +40,15 @@ def test_short_run_writes_finite_metrics_for_two_seeds(script, env_id, tmp_path)
     env = module.make_env(env_id)
     assert [r["checkpoint"] for r in records] == [1, 2]
     assert [r["env_steps"] for r in records] == [32, 64]
+    prefixes = ("", "guider_") if script in GUIDED else ("",)
+    losses = ("actor_loss", "value_loss", "entropy") + (("guider_loss", "kl_loss", "distill_loss") if script in GUIDED else ())
     for record in records:
         for name in module.eval_metric_names(env.suite):
-            for stat in ("mean", "std"):
-                values = record[f"{name}_{stat}"]
-                assert len(values) == 2 and np.all(np.isfinite(values)), (name, values)
-        assert all(np.isfinite(record[k]).all() for k in ("actor_loss", "value_loss", "entropy"))
+            for prefix in prefixes:
+                for stat in ("mean", "std"):
+                    values = record[f"{prefix}{name}_{stat}"]
+                    assert len(values) == 2 and np.all(np.isfinite(values)), (prefix, name, values)
+        assert all(np.isfinite(record[k]).all() for k in losses)
         # Evaluation ran whole episodes: none is longer than the time limit, and fixed-horizon suites hit it.
         assert max(record["episode_length_mean"]) <= env.time_limit
         if env.suite in ("coordsum", "mpe"):
@@ -47,10 +56,12 @@ def test_short_run_writes_finite_metrics_for_two_seeds(script, env_id, tmp_path)
         # Two seeds are two different runs compiled once: their losses differ.
         assert record["actor_loss"][0] != record["actor_loss"][1]
     summary = json.load(open(os.path.join(run_dir, "summary.json")))
-    seeds = list(list(summary[env.suite].values())[0][script].values())
-    assert len(seeds) == 2 and len(seeds[0]["absolute_metrics"]["episode_return"]) == 10 * args.num_eval_episodes
-    assert seeds[0]["step_1"]["step_count"] == 64 and len(seeds[0]["step_1"]["episode_return"]) == args.num_eval_episodes
-    for name in ("actor_final.msgpack", "actor_best.msgpack"):
+    for algorithm in (script, f"{script}_guider") if script in GUIDED else (script,):
+        seeds = list(list(summary[env.suite].values())[0][algorithm].values())
+        assert len(seeds) == 2 and len(seeds[0]["absolute_metrics"]["episode_return"]) == 10 * args.num_eval_episodes
+        assert seeds[0]["step_1"]["step_count"] == 64 and len(seeds[0]["step_1"]["episode_return"]) == args.num_eval_episodes
+    models = ("actor", "guider") if script in GUIDED else ("actor",)
+    for name in (f"{model}_{which}.msgpack" for model in models for which in ("final", "best")):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
 
 
