@@ -688,13 +688,14 @@ def retention_chunk(q, k, v, state, kappa, start, n_agents: int, causal: bool):
         allowed &= jnp.tril(jnp.ones((length, length), bool))[None]
     log_kappa = jnp.log(kappa)[None, :, None, None]
     decay = jnp.where(allowed[:, None], jnp.exp(jnp.maximum(gap, 0)[None, None] * log_kappa), 0.0)  # [B, H, L, L]
-    inner = jnp.einsum("bhij,bjhd->bihd", jnp.einsum("bihd,bjhd->bhij", q, k) * decay, v)
-    xi = jnp.where((episode == 0)[..., None], jnp.exp((time + 1)[None, :, None] * jnp.log(kappa)), 0.0)  # [B, L, H]
-    cross = jnp.einsum("bihd,bhde->bihe", q, state) * xi[..., None]
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, L, d]: plain batched matmuls (fast on CPU)
+    inner = ((q @ jnp.swapaxes(k, -1, -2)) * decay) @ v
+    xi = jnp.where((episode == 0)[:, None, :, None], jnp.exp((time + 1)[None, None, :, None] * log_kappa), 0.0)
+    cross = (q @ state) * xi  # xi [B, H, L, 1]
     # The state after the chunk: every token weighted as the chunk's last token retains it.
     carried = state * (kappa ** (length // n_agents))[None, :, None, None] * (episode[:, -1] == 0)[:, None, None, None]
-    state = jnp.einsum("bjhd,bhj,bjhe->bhde", k, decay[:, :, -1], v) + carried
-    return inner + cross, state
+    state = jnp.swapaxes(k, -1, -2) @ (v * decay[:, :, -1, :, None]) + carried
+    return jnp.swapaxes(inner + cross, 1, 2), state
 
 
 class Retention(nn.Module):
@@ -718,12 +719,13 @@ class Retention(nn.Module):
         self.head_norm = nn.GroupNorm(num_groups=self.n_head)
 
     def __call__(self, key_in, query_in, value_in, step, state, reset, n_agents=None):
-        """`n_agents` None: one step (`reset` = decay [B, H]); else a chunk (`reset` = start [B, C])."""
-        pe = positional_encoding(step, self.embed_dim)
+        """Inputs are flat tokens [B * L, embed] (see `Sable`); step [B, L] gives the shape.
+        `n_agents` None: one step (`reset` = decay [B, H]); else a chunk (`reset` = start [B, C])."""
+        pe = positional_encoding(step.reshape(-1), self.embed_dim)
         key_in, query_in, value_in = key_in + pe, query_in + pe, value_in + pe
 
         def heads(x, w):
-            return (x @ w).reshape(*x.shape[:-1], self.n_head, self.embed_dim // self.n_head)
+            return (x @ w).reshape(*step.shape, self.n_head, self.embed_dim // self.n_head)
 
         q, k, v = heads(query_in, self.w_q), heads(key_in, self.w_k), heads(value_in, self.w_v)
         if n_agents is None:
@@ -731,7 +733,7 @@ class Retention(nn.Module):
         else:
             out, state = retention_chunk(q, k, v, state, jnp.asarray(self.kappa, jnp.float32), reset, n_agents,
                                          self.causal)
-        out = self.head_norm(out.reshape(-1, self.embed_dim // self.n_head)).reshape(key_in.shape)
+        out = self.head_norm(out.reshape(-1, self.embed_dim // self.n_head)).reshape(key_in.shape)  # per head
         return (jax.nn.swish(key_in @ self.w_g) * out) @ self.w_o, state
 
 
@@ -806,25 +808,28 @@ class Sable(nn.Module):
         if self.continuous:
             self.log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
 
+    # Between retentions the tokens travel flat, [B * tokens, features]: XLA:CPU computes the dense
+    # layers' weight gradients of a 3-d [B, tokens, features] input through slow transposes (3x slower).
     def encode(self, obs, step, state, reset, n_agents=None):
         """Observations [B, tokens, obs_dim] -> (value [B, tokens], representation, encoder state)."""
-        x = nn.gelu(self.obs_embed(self.obs_norm(obs)))
+        x = nn.gelu(self.obs_embed(self.obs_norm(obs.reshape(-1, obs.shape[-1]))))
         new_state = []
         for i, block in enumerate(self.encoder_blocks):
             x, s = block(self.block_norm(x), step, state[:, i], reset, n_agents)
             new_state.append(s)
-        value = self.value_out(self.value_norm(nn.gelu(self.value_hidden(x))))[..., 0]
-        return value, x, jnp.stack(new_state, axis=1)
+        value = self.value_out(self.value_norm(nn.gelu(self.value_hidden(x))))
+        return value.reshape(step.shape), x.reshape(*step.shape, -1), jnp.stack(new_state, axis=1)
 
     def decode(self, action_in, obs_rep, step, states, reset, n_agents=None):
         """Previous agents' actions [B, tokens, action_in] and obs representation -> policy outputs."""
-        x = self.action_norm(nn.gelu(self.action_embed(action_in)))
+        x = self.action_norm(nn.gelu(self.action_embed(action_in.reshape(-1, action_in.shape[-1]))))
+        obs_rep = obs_rep.reshape(x.shape)
         self_states, cross_states = [], []
         for i, block in enumerate(self.decoder_blocks):
             x, (s, c) = block(x, obs_rep, step, (states[0][:, i], states[1][:, i]), reset, n_agents)
             self_states.append(s)
             cross_states.append(c)
-        out = self.policy_out(self.policy_norm(nn.gelu(self.policy_hidden(x))))
+        out = self.policy_out(self.policy_norm(nn.gelu(self.policy_hidden(x)))).reshape(*step.shape, -1)
         if self.continuous:
             out = (out, jnp.broadcast_to(self.log_std, out.shape))
         return out, (jnp.stack(self_states, axis=1), jnp.stack(cross_states, axis=1))

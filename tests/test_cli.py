@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-SCRIPTS = ["ippo", "mappo"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -21,7 +21,6 @@ def script(request):
     ({"num_envs": 6, "num_minibatches": 4}, "--num-envs (6) must be divisible by --num-minibatches (4)"),
     ({"gamma": 1.5}, "--gamma must be in [0, 1]"),
     ({"clip_eps": 0.0}, "--clip-eps must be a positive number"),
-    ({"actor_lr": float("nan")}, "--actor-lr must be a positive number"),
     ({"ent_coef": -0.1}, "--ent-coef must be >= 0"),
     ({"total_timesteps": 1000, "num_evaluations": 10}, "--total-timesteps (1000) is too small for --num-evaluations (10)"),
 ])
@@ -30,6 +29,44 @@ def test_bad_flag_values_name_the_flag(script, overrides, message):
     with pytest.raises(script.UsageError) as error:
         script.validate(args)
     assert message in str(error.value)
+
+
+def test_bad_learning_rate_names_the_flag(script):
+    flags = [f for f in ("actor_lr", "critic_lr", "lr") if hasattr(script.Args, f)]
+    assert flags
+    for flag in flags:
+        with pytest.raises(script.UsageError) as error:
+            script.validate(script.Args(env_id="coordsum-3x10", **{flag: float("nan")}))
+        assert f"--{flag.replace('_', '-')} must be a positive number" in str(error.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"delta": 1.0}, "--delta must be > 1"),
+    ({"delta": float("nan")}, "--delta must be > 1"),
+    ({"alpha": -1.0}, "--alpha must be >= 0"),
+    ({"decay_scaling_factor": 0.0}, "--decay-scaling-factor must be in (0, 1]"),
+    ({"embed_dim": 30, "n_head": 4}, "--embed-dim (30) must be even and divisible by --n-head (4)"),
+    ({"chunk_size": 48}, "--chunk-size (48) must be a positive divisor of --rollout-length (128)"),
+    ({"n_block": 0}, "--n-block must be a positive integer"),
+])
+def test_magpo_specific_flags(overrides, message):
+    import magpo_sable
+
+    with pytest.raises(magpo_sable.UsageError) as error:
+        magpo_sable.validate(magpo_sable.Args(env_id="coordsum-3x10", **overrides))
+    assert message in str(error.value)
+
+
+def test_delta_inf_and_the_paper_kl_direction_parse_from_the_command_line():
+    import tyro
+
+    import magpo_sable
+
+    args = tyro.cli(magpo_sable.Args, args=["--delta", "inf", "--alpha", "0", "--kl-direction", "learner-guider"])
+    assert args.delta == float("inf") and args.alpha == 0.0 and args.kl_direction == "learner-guider"
+    magpo_sable.validate(args)  # plain Sable is a valid configuration
+    with pytest.raises(SystemExit):
+        tyro.cli(magpo_sable.Args, args=["--kl-direction", "sideways"])
 
 
 def test_unknown_env_id_lists_closest_valid_ids_first(script):
