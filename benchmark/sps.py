@@ -4,6 +4,11 @@ throughput (the ceiling) and, where given, the authors' Mava-based systems on th
     python benchmark/sps.py                                   # ippo and mappo, one task per suite
     python benchmark/sps.py --scripts ippo --env-ids coordsum-3x10 rware-tiny-2ag \
         --authors-src /tmp/authors-src --authors-venv /tmp/authors-venv
+    python benchmark/sps.py --scripts magpo_sable --env-ids coordsum-3x10 rware-tiny-2ag --hparams paper \
+        --updates 2 --authors-intervals 3 --authors-src /tmp/authors-src --name sps_magpo_cpu
+
+`--hparams paper` runs every script, and the authors' system beside it, with the paper's tuned
+values for that task (../shared/reference/paper_hyperparameters.csv), where the file has them.
 
 Every figure comes from its own fresh process (so compile time and peak memory are that run's
 alone), all in one session, and the table goes to stdout and to --out as Markdown and JSON.
@@ -25,14 +30,59 @@ import resource
 import statistics
 import subprocess
 import sys
+import csv
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_HPARAMS = os.path.join(ROOT, "..", "shared", "reference", "paper_hyperparameters.csv")
 SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a", "mpe-simple_spread_3ag", "smax-2s3z"]
 # The authors' hydra names for the tasks this benchmark compares on.
 AUTHORS_ENVS = {"coordsum-3x10": ("coordsum", "3x10-30"), "rware-tiny-2ag": ("rware", "tiny-2ag")}
 AUTHORS_SYSTEMS = {"ippo": "mava/systems/ppo/anakin/rec_ippo.py", "mappo": "mava/systems/ppo/anakin/rec_mappo.py",
                    "magpo_sable": "mava/systems/gpo/anakin/rec_magpo.py"}
+
+
+# The paper's hyperparameter columns -> (our flag, the authors' hydra key). The learning rate of MAGPO's
+# single optimiser sits in the actor_lr or the critic_lr column depending on the row.
+PAPER_COLUMNS = {
+    "num_minibatches": ("num_minibatches", "system.num_minibatches", int),
+    "max_grad_norm": ("max_grad_norm", "system.max_grad_norm", float),
+    "ppo_epochs": ("ppo_epochs", "system.ppo_epochs", int),
+    "clip_eps": ("clip_eps", "system.clip_eps", float),
+    "ent_coef": ("ent_coef", "system.ent_coef", float),
+    "n_embd": ("embed_dim", "network.net_config.embed_dim", int),
+    "n_head": ("n_head", "network.net_config.n_head", int),
+    "n_block": ("n_block", "network.net_config.n_block", int),
+    "decay_scaling_factor": ("decay_scaling_factor", "network.memory_config.decay_scaling_factor", float),
+    "alpha": ("alpha", "system.alpha", float),
+    "delta": ("delta", "system.clip_gpo", float),
+    "actor_lr": ("actor_lr", "system.actor_lr", float),
+    "critic_lr": ("critic_lr", "system.critic_lr", float),
+}
+
+
+def paper_hparams(script: str, env_id: str) -> tuple[dict, list[str]]:
+    """The paper's tuned values for (script, task): our Args overrides and the authors' hydra overrides."""
+    system = "magpo" if script.startswith("magpo") else script
+    task = env_id if env_id.startswith("con-") else env_id.split("-", 1)[1]
+    with open(PAPER_HPARAMS) as f:
+        row = next((r for r in csv.DictReader(f) if r["system_name"] == system and r["task"] == task), None)
+    if row is None:
+        return {}, []
+    ours, theirs = {}, []
+    for column, (flag, hydra_key, kind) in PAPER_COLUMNS.items():
+        value = row.get(column, "").strip()
+        if not value:
+            continue
+        value = kind(float(value))
+        if system == "magpo" and column in ("actor_lr", "critic_lr"):  # one optimiser rate
+            ours["lr"], theirs = value, theirs + [f"system.actor_lr={value}"]
+        elif system != "magpo" and column in ("n_embd", "n_head", "n_block", "decay_scaling_factor", "alpha", "delta"):
+            continue
+        else:
+            ours[flag] = value
+            theirs.append(f"{hydra_key}={value}")
+    return ours, theirs
 
 
 def peak_rss_mib() -> float:
@@ -46,14 +96,15 @@ def device_peak_mib() -> float | None:
     return stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
 
 
-def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int, updates: int, repeats: int) -> dict:
+def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int, updates: int, repeats: int,
+                   overrides: dict) -> dict:
     """Compile `updates` training updates of `script` as one jitted call and time `repeats` calls."""
     import jax
 
     sys.path.insert(0, ROOT)
     module = importlib.import_module(script)
     args = module.Args(env_id=env_id, num_envs=num_envs, rollout_length=rollout_length,
-                       total_timesteps=num_envs * rollout_length * updates, num_evaluations=1)
+                       total_timesteps=num_envs * rollout_length * updates, num_evaluations=1, **overrides)
     env = module.validate(args)
     trainer = module.make_train(args, env)
     hp = module.hparams_from_args(args)
@@ -74,7 +125,7 @@ def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int,
     steps = num_envs * rollout_length * updates
     return {"kind": "ours", "script": script, "env_id": env_id, "num_envs": num_envs, "compile_s": round(compile_s, 1),
             "sps": round(steps / statistics.median(times)), "peak_host_mib": round(peak_rss_mib()),
-            "peak_device_mib": device_peak_mib(), "device": str(jax.devices()[0].device_kind)}
+            "peak_device_mib": device_peak_mib(), "device": str(jax.devices()[0].device_kind), "hparams": overrides}
 
 
 def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -> dict:
@@ -112,7 +163,7 @@ def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -
 
 
 def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int, rollout_length: int,
-                    updates: int, intervals: int, timeout: int) -> dict:
+                    updates: int, intervals: int, timeout: int, hydra_overrides: list[str]) -> dict:
     """Run the authors' system (patched by ../shared/tools/authors-baseline to print [TIMING] per
     evaluation interval) at our hyperparameters; report the median steps/s of the intervals after
     the first two (interval 0 compiles; on CoordSum interval 1 recompiles, a weak-type leak)."""
@@ -126,7 +177,7 @@ def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int
                f"system.rollout_length={rollout_length}", f"system.total_timesteps={per_update * updates * intervals}",
                f"arch.num_evaluation={intervals}", "arch.absolute_metric=False", "arch.num_eval_episodes=8",
                # our defaults (speed does not depend on them, but the comparison is at identical settings)
-               "system.gae_lambda=0.9", "system.vf_coef=0.1"]
+               "system.gae_lambda=0.9", "system.vf_coef=0.1", *hydra_overrides]
     env_vars = {**os.environ, "PYTHONPATH": src, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     start = time.perf_counter()
     result = subprocess.run(command, cwd=src, env=env_vars, capture_output=True, text=True, timeout=timeout)
@@ -137,7 +188,8 @@ def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int
         raise RuntimeError(f"authors' {system} failed or printed too few [TIMING] lines:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     steady = [sps for interval, _, sps in timings if interval >= 2]
     return {"kind": "authors", "script": system, "env_id": env_id, "num_envs": num_envs, "sps": round(statistics.median(steady)),
-            "first_interval_s": round(timings[0][1], 1), "intervals_sps": [round(s) for _, _, s in timings], "wall_s": round(wall, 1)}
+            "first_interval_s": round(timings[0][1], 1), "intervals_sps": [round(s) for _, _, s in timings], "wall_s": round(wall, 1),
+            "hparams": hydra_overrides}
 
 
 def in_subprocess(*argv: str) -> dict:
@@ -178,6 +230,8 @@ def main() -> None:
     parser.add_argument("--authors-venv", default="/tmp/authors-venv")
     parser.add_argument("--authors-intervals", type=int, default=4)
     parser.add_argument("--authors-timeout", type=int, default=1800)
+    parser.add_argument("--hparams", choices=["default", "paper"], default="default",
+                        help="each script's defaults, or the paper's tuned values for the task where they exist")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmark", "results"), help="folder for the .md/.json results")
     parser.add_argument("--name", help="file name (without extension) of the results; default sps_<device>")
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
@@ -188,7 +242,8 @@ def main() -> None:
         if what == "env":
             out = measure_env(rest[0], opts.num_envs, opts.rollout_length, opts.repeats + 1)
         else:
-            out = measure_script(what, rest[0], opts.num_envs, opts.rollout_length, opts.updates, opts.repeats)
+            out = measure_script(what, rest[0], opts.num_envs, opts.rollout_length, opts.updates, opts.repeats,
+                                 json.loads(rest[1]))
         print(json.dumps(out))
         return
 
@@ -199,11 +254,13 @@ def main() -> None:
         rows.append(in_subprocess("env", env_id, *common))
         print(f"env ceiling {env_id}: {rows[-1]['sps']:,} steps/s", flush=True)
         for script in opts.scripts:
-            rows.append(in_subprocess(script, env_id, *common))
+            ours, theirs = paper_hparams(script, env_id) if opts.hparams == "paper" else ({}, [])
+            rows.append(in_subprocess(script, env_id, json.dumps(ours), *common))
             print(f"{script} {env_id}: {rows[-1]['sps']:,} steps/s, compiled in {rows[-1]['compile_s']}s", flush=True)
             if opts.authors_src and env_id in AUTHORS_ENVS and script in AUTHORS_SYSTEMS:
                 rows.append(measure_authors(script, env_id, opts.authors_src, opts.authors_venv, opts.num_envs,
-                                            opts.rollout_length, opts.updates, opts.authors_intervals, opts.authors_timeout))
+                                            opts.rollout_length, opts.updates, opts.authors_intervals, opts.authors_timeout,
+                                            theirs))
                 print(f"authors' {script} {env_id}: {rows[-1]['sps']:,} steps/s (intervals {rows[-1]['intervals_sps']})", flush=True)
     device = next((r["device"] for r in rows if r["kind"] == "ours"), "cpu")
     tag = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")

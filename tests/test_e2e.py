@@ -73,10 +73,12 @@ def test_seed_i_of_a_multi_seed_run_equals_a_single_run_with_that_seed(tmp_path)
         assert multi["episode_return_mean"][1] == pytest.approx(alone["episode_return_mean"][0], rel=1e-4)
 
 
-def test_non_finite_loss_stops_with_message_and_keeps_metrics(tmp_path, capsys):
+@pytest.mark.parametrize("script, absurd_lr", [("ippo", dict(actor_lr=1e30, critic_lr=1e30)),
+                                               ("magpo_sable", dict(lr=1e30))])
+def test_non_finite_loss_stops_with_message_and_keeps_metrics(script, absurd_lr, tmp_path, capsys):
     # An absurd learning rate blows the networks up within a few updates.
     with pytest.raises(SystemExit) as stop:
-        run("ippo", "mpe-simple_spread_3ag", tmp_path, actor_lr=1e30, critic_lr=1e30, num_evaluations=4,
+        run(script, "mpe-simple_spread_3ag", tmp_path, **absurd_lr, num_evaluations=4,
             total_timesteps=4 * 3 * 4 * 8, num_seeds=1, save_model=False)
     message = str(stop.value)
     assert "non-finite loss at update" in message and "metrics.jsonl" in message

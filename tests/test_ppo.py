@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-SCRIPTS = ["ippo", "mappo"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable"]
 
 
 @pytest.fixture(params=SCRIPTS)
