@@ -1014,9 +1014,9 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         dummy_action = jnp.zeros((1, num_agents, num_actions + (0 if continuous else 1)))
         guider_params = sable.init(key_guider, ts.obs[:1], dummy_action, jnp.zeros((1, num_agents), jnp.int32),
                                    zeros_guider(1), jnp.ones((1, 1), bool), num_agents)
-        optimiser_state = optimiser(hp["lr"], hp["max_grad_norm"])
+        opt = optimiser(hp["lr"], hp["max_grad_norm"])
         return RunnerState(
-            guider_params, actor_params, optimiser_state.init(guider_params), optimiser_state.init(actor_params),
+            guider_params, actor_params, opt.init(guider_params), opt.init(actor_params),
             env_state, ts, jnp.ones((args.num_envs,), bool), zeros_guider(args.num_envs), zeros_h(args.num_envs), key,
             jnp.array(-jnp.inf, jnp.float32), actor_params, jnp.array(-jnp.inf, jnp.float32), guider_params)
 
