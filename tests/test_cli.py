@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-SCRIPTS = ["ippo", "mappo", "magpo_sable"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,10 +44,6 @@ def test_bad_learning_rate_names_the_flag(script):
     ({"delta": 1.0}, "--delta must be > 1"),
     ({"delta": float("nan")}, "--delta must be > 1"),
     ({"alpha": -1.0}, "--alpha must be >= 0"),
-    ({"decay_scaling_factor": 0.0}, "--decay-scaling-factor must be in (0, 1]"),
-    ({"embed_dim": 30, "n_head": 4}, "--embed-dim (30) must be even and divisible by --n-head (4)"),
-    ({"chunk_size": 48}, "--chunk-size (48) must be a positive divisor of --rollout-length (128)"),
-    ({"n_block": 0}, "--n-block must be a positive integer"),
 ])
 def test_magpo_specific_flags(overrides, message):
     import magpo_sable
@@ -55,6 +51,32 @@ def test_magpo_specific_flags(overrides, message):
     with pytest.raises(magpo_sable.UsageError) as error:
         magpo_sable.validate(magpo_sable.Args(env_id="coordsum-3x10", **overrides))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["magpo_sable", "ctds"])
+@pytest.mark.parametrize("overrides, message", [
+    ({"decay_scaling_factor": 0.0}, "--decay-scaling-factor must be in (0, 1]"),
+    ({"embed_dim": 30, "n_head": 4}, "--embed-dim (30) must be even and divisible by --n-head (4)"),
+    ({"chunk_size": 48}, "--chunk-size (48) must be a positive divisor of --rollout-length (128)"),
+    ({"n_block": 0}, "--n-block must be a positive integer"),
+])
+def test_sable_flags(name, overrides, message):
+    module = importlib.import_module(name)
+    with pytest.raises(module.UsageError) as error:
+        module.validate(module.Args(env_id="coordsum-3x10", **overrides))
+    assert message in str(error.value)
+
+
+def test_ctds_has_no_magpo_flags(capsys):
+    """CTDS is MAGPO without the band and the RL term: asking for either is an error, not a silent no-op."""
+    import tyro
+
+    import ctds
+
+    for flag in ("--delta", "--alpha"):
+        with pytest.raises(SystemExit):
+            tyro.cli(ctds.Args, args=[flag, "1.5"])
+        assert flag in capsys.readouterr().err
 
 
 def test_delta_inf_and_the_paper_kl_direction_parse_from_the_command_line():

@@ -79,3 +79,22 @@ def test_decentralised_evaluation_is_the_same_protocol():
     for other in results[1:]:
         jax.tree.map(np.testing.assert_array_equal, results[0], other)
     assert np.all(results[0]["episode_length"] == 100)
+
+
+def test_guided_scripts_evaluate_the_same_guider_the_same_way():
+    """magpo_sable.py's guider and ctds.py's teacher are one network with one evaluation protocol:
+    same seed -> same parameters -> the same evaluation metrics."""
+    guided = [s for s in SCRIPTS if s in ("magpo_sable", "ctds")]
+    if len(guided) < 2:
+        pytest.skip("needs magpo_sable.py and ctds.py")
+    results = []
+    for name in guided:
+        module = importlib.import_module(name)
+        args = module.Args(env_id="coordsum-3x10", num_envs=4, rollout_length=4, total_timesteps=16,
+                           num_evaluations=1, num_minibatches=2, layer_size=16, gru_size=16, embed_dim=16)
+        trainer = module.make_train(args, module.make_env(args.env_id))
+        runner = trainer.init(jax.random.PRNGKey(0), module.hparams_from_args(args))
+        results.append(jax.device_get(jax.jit(trainer.evaluate_guider, static_argnums=2)(
+            runner.guider_params, jax.random.PRNGKey(1), 8)))
+    jax.tree.map(np.testing.assert_array_equal, results[0], results[1])
+    assert np.all(results[0]["episode_length"] == 100) and np.any(results[0]["episode_return"] != results[0]["episode_return"][0])

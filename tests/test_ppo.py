@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-SCRIPTS = ["ippo", "mappo", "magpo_sable"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds"]
 
 
 @pytest.fixture(params=SCRIPTS)
