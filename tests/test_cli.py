@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds", "magpo_mat"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -45,11 +45,11 @@ def test_bad_learning_rate_names_the_flag(script):
     ({"delta": float("nan")}, "--delta must be > 1"),
     ({"alpha": -1.0}, "--alpha must be >= 0"),
 ])
-def test_magpo_specific_flags(overrides, message):
-    import magpo_sable
-
-    with pytest.raises(magpo_sable.UsageError) as error:
-        magpo_sable.validate(magpo_sable.Args(env_id="coordsum-3x10", **overrides))
+@pytest.mark.parametrize("name", ["magpo_sable", "magpo_mat"])
+def test_magpo_specific_flags(name, overrides, message):
+    module = importlib.import_module(name)
+    with pytest.raises(module.UsageError) as error:
+        module.validate(module.Args(env_id="coordsum-3x10", **overrides))
     assert message in str(error.value)
 
 
@@ -82,13 +82,12 @@ def test_ctds_has_no_magpo_flags(capsys):
 def test_delta_inf_and_the_paper_kl_direction_parse_from_the_command_line():
     import tyro
 
-    import magpo_sable
-
-    args = tyro.cli(magpo_sable.Args, args=["--delta", "inf", "--alpha", "0", "--kl-direction", "learner-guider"])
-    assert args.delta == float("inf") and args.alpha == 0.0 and args.kl_direction == "learner-guider"
-    magpo_sable.validate(args)  # plain Sable is a valid configuration
-    with pytest.raises(SystemExit):
-        tyro.cli(magpo_sable.Args, args=["--kl-direction", "sideways"])
+    for module in (importlib.import_module("magpo_sable"), importlib.import_module("magpo_mat")):
+        args = tyro.cli(module.Args, args=["--delta", "inf", "--alpha", "0", "--kl-direction", "learner-guider"])
+        assert args.delta == float("inf") and args.alpha == 0.0 and args.kl_direction == "learner-guider"
+        module.validate(args)  # plain Sable / plain MAT is a valid configuration
+        with pytest.raises(SystemExit):
+            tyro.cli(module.Args, args=["--kl-direction", "sideways"])
 
 
 def test_unknown_env_id_lists_closest_valid_ids_first(script):

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds", "magpo_mat"]
 SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a", "mpe-simple_spread_3ag", "smax-2s3z"]
 TINY = dict(num_envs=4, rollout_length=8, total_timesteps=2 * 4 * 8, num_evaluations=2, num_eval_episodes=3,
             num_minibatches=2, ppo_epochs=1, layer_size=16, gru_size=16, num_seeds=2, save_model=True)
@@ -16,7 +16,7 @@ TINY = dict(num_envs=4, rollout_length=8, total_timesteps=2 * 4 * 8, num_evaluat
 # Scripts that train a centralised guider beside the decentralised learner and report both.
 GUIDED = {"magpo_sable", "ctds", "magpo_mat"}
 # Per script: the tiny size of its own networks.
-TINY_NETWORKS = {name: dict(embed_dim=16, n_block=1, n_head=1) for name in ("magpo_sable", "ctds")}
+TINY_NETWORKS = {name: dict(embed_dim=16, n_block=1, n_head=1) for name in ("magpo_sable", "ctds", "magpo_mat")}
 
 
 def run(script, env_id, tmp_path, **overrides):
@@ -74,7 +74,8 @@ def test_seed_i_of_a_multi_seed_run_equals_a_single_run_with_that_seed(tmp_path)
 
 
 @pytest.mark.parametrize("script, absurd_lr", [("ippo", dict(actor_lr=1e30, critic_lr=1e30)),
-                                               ("magpo_sable", dict(lr=1e30)), ("ctds", dict(lr=1e30))])
+                                               ("magpo_sable", dict(lr=1e30)), ("ctds", dict(lr=1e30)),
+                                               ("magpo_mat", dict(lr=1e30))])
 def test_non_finite_loss_stops_with_message_and_keeps_metrics(script, absurd_lr, tmp_path, capsys):
     # An absurd learning rate blows the networks up within a few updates.
     with pytest.raises(SystemExit) as stop:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds"]
+SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds", "magpo_mat"]
 
 
 @pytest.fixture(params=SCRIPTS)
