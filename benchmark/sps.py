@@ -6,6 +6,8 @@ throughput (the ceiling) and, where given, the authors' Mava-based systems on th
         --authors-src /tmp/authors-src --authors-venv /tmp/authors-venv
     python benchmark/sps.py --scripts magpo_sable --env-ids coordsum-3x10 rware-tiny-2ag --hparams paper \
         --updates 2 --authors-intervals 3 --authors-src /tmp/authors-src --name sps_magpo_cpu
+    python benchmark/sps.py --scripts magpo_sable magpo_mat ctds --env-ids coordsum-3x10 rware-tiny-2ag \
+        --hparams paper --updates 2 --name sps_guided_cpu
 
 `--hparams paper` runs every script, and the authors' system beside it, with the paper's tuned
 values for that task (../shared/reference/paper_hyperparameters.csv), where the file has them.
@@ -42,8 +44,13 @@ AUTHORS_SYSTEMS = {"ippo": "mava/systems/ppo/anakin/rec_ippo.py", "mappo": "mava
                    "magpo_sable": "mava/systems/gpo/anakin/rec_magpo.py"}
 
 
-# The paper's hyperparameter columns -> (our flag, the authors' hydra key). The learning rate of MAGPO's
-# single optimiser sits in the actor_lr or the critic_lr column depending on the row.
+# Which row of paper_hyperparameters.csv holds each script's tuned values: for MAGPO and CTDS, those
+# of the guider's system (the paper publishes no CTDS or MAT-guided MAGPO rows; CTDS's teacher is
+# Sable, magpo_mat's guider is MAT, and only CoordSum has Sable and MAT rows).
+PAPER_SYSTEMS = {"ippo": "ippo", "mappo": "mappo", "magpo_sable": "magpo", "ctds": "sable", "magpo_mat": "mat"}
+
+# The paper's hyperparameter columns -> (our flag, the authors' hydra key). A script with one optimiser
+# (`--lr`) takes its rate from the actor_lr or the critic_lr column, whichever the row fills.
 PAPER_COLUMNS = {
     "num_minibatches": ("num_minibatches", "system.num_minibatches", int),
     "max_grad_norm": ("max_grad_norm", "system.max_grad_norm", float),
@@ -62,11 +69,15 @@ PAPER_COLUMNS = {
 
 
 def paper_hparams(script: str, env_id: str) -> tuple[dict, list[str]]:
-    """The paper's tuned values for (script, task): our Args overrides and the authors' hydra overrides."""
-    system = "magpo" if script.startswith("magpo") else script
+    """The paper's tuned values for (script, task): our Args overrides (only flags the script has) and
+    the authors' hydra overrides."""
+    import dataclasses
+
+    sys.path.insert(0, ROOT)
+    flags = {f.name for f in dataclasses.fields(importlib.import_module(script).Args)}
     task = env_id if env_id.startswith("con-") else env_id.split("-", 1)[1]
     with open(PAPER_HPARAMS) as f:
-        row = next((r for r in csv.DictReader(f) if r["system_name"] == system and r["task"] == task), None)
+        row = next((r for r in csv.DictReader(f) if r["system_name"] == PAPER_SYSTEMS[script] and r["task"] == task), None)
     if row is None:
         return {}, []
     ours, theirs = {}, []
@@ -75,11 +86,9 @@ def paper_hparams(script: str, env_id: str) -> tuple[dict, list[str]]:
         if not value:
             continue
         value = kind(float(value))
-        if system == "magpo" and column in ("actor_lr", "critic_lr"):  # one optimiser rate
+        if "lr" in flags and column in ("actor_lr", "critic_lr"):  # one optimiser rate
             ours["lr"], theirs = value, theirs + [f"system.actor_lr={value}"]
-        elif system != "magpo" and column in ("n_embd", "n_head", "n_block", "decay_scaling_factor", "alpha", "delta"):
-            continue
-        else:
+        elif flag in flags:
             ours[flag] = value
             theirs.append(f"{hydra_key}={value}")
     return ours, theirs
@@ -202,8 +211,8 @@ def in_subprocess(*argv: str) -> dict:
 
 def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
     by = {(r["kind"], r.get("script"), r["env_id"]): r for r in rows}
-    lines = ["| script | task | steps/s | compile s | peak host MiB | env ceiling steps/s | of ceiling | authors' steps/s | ours / authors |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| script | task | values | steps/s | compile s | peak host MiB | env ceiling steps/s | of ceiling | authors' steps/s | ours / authors |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for script in scripts:
         for env_id in env_ids:
             ours = by.get(("ours", script, env_id))
@@ -212,7 +221,7 @@ def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
             ceiling = by.get(("env", None, env_id))
             authors = by.get(("authors", script, env_id))
             lines.append("| " + " | ".join([
-                script, env_id, f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
+                script, env_id, f"paper ({PAPER_SYSTEMS[script]} row)" if ours["hparams"] else "defaults", f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
                 f"{ceiling['sps']:,}" if ceiling else "-", f"{ours['sps'] / ceiling['sps']:.1%}" if ceiling else "-",
                 f"{authors['sps']:,}" if authors else "-", f"{ours['sps'] / authors['sps']:.2f}x" if authors else "-"]) + " |")
     return "\n".join(lines)
