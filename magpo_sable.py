@@ -411,7 +411,7 @@ def _make_connector(env_id, task):
     # (c) a vectorised move/collision step with the same semantics (lower-id agent yields),
     # (d) the action mask stored in the state. Rewards (DenseRewardFn: +1 on connecting, -0.03
     # per step per unconnected agent), observations and extras are unchanged.
-    # Views: the MAGPO networks (Sable encoder, MLP/GRU learner) take flat per-agent vectors,
+    # Views: the MAGPO networks (Sable or MAT encoder, MLP/GRU learner) take flat per-agent vectors,
     # which Mava's VectorConnectorWrapper provides (its grid ConnectorWrapper yields [A, G, G, 5]
     # that those networks cannot take), plus the one-hot id (`implicit_agent_id: False`).
     from jumanji.environments import Connector

@@ -32,11 +32,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import csv
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER_HPARAMS = os.path.join(ROOT, "..", "shared", "reference", "paper_hyperparameters.csv")
 SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a", "mpe-simple_spread_3ag", "smax-2s3z"]
 # The authors' hydra names for the tasks this benchmark compares on.
 AUTHORS_ENVS = {"coordsum-3x10": ("coordsum", "3x10-30"), "rware-tiny-2ag": ("rware", "tiny-2ag")}
@@ -44,54 +42,23 @@ AUTHORS_SYSTEMS = {"ippo": "mava/systems/ppo/anakin/rec_ippo.py", "mappo": "mava
                    "magpo_sable": "mava/systems/gpo/anakin/rec_magpo.py"}
 
 
-# Which row of paper_hyperparameters.csv holds each script's tuned values: for MAGPO and CTDS, those
-# of the guider's system (the paper publishes no CTDS or MAT-guided MAGPO rows; CTDS's teacher is
-# Sable, magpo_mat's guider is MAT, and only CoordSum has Sable and MAT rows).
-PAPER_SYSTEMS = {"ippo": "ippo", "mappo": "mappo", "magpo_sable": "magpo", "ctds": "sable", "magpo_mat": "mat"}
-
-# The paper's hyperparameter columns -> (our flag, the authors' hydra key). A script with one optimiser
-# (`--lr`) takes its rate from the actor_lr or the critic_lr column, whichever the row fills.
-PAPER_COLUMNS = {
-    "num_minibatches": ("num_minibatches", "system.num_minibatches", int),
-    "max_grad_norm": ("max_grad_norm", "system.max_grad_norm", float),
-    "ppo_epochs": ("ppo_epochs", "system.ppo_epochs", int),
-    "clip_eps": ("clip_eps", "system.clip_eps", float),
-    "ent_coef": ("ent_coef", "system.ent_coef", float),
-    "n_embd": ("embed_dim", "network.net_config.embed_dim", int),
-    "n_head": ("n_head", "network.net_config.n_head", int),
-    "n_block": ("n_block", "network.net_config.n_block", int),
-    "decay_scaling_factor": ("decay_scaling_factor", "network.memory_config.decay_scaling_factor", float),
-    "alpha": ("alpha", "system.alpha", float),
-    "delta": ("delta", "system.clip_gpo", float),
-    "actor_lr": ("actor_lr", "system.actor_lr", float),
-    "critic_lr": ("critic_lr", "system.critic_lr", float),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import PAPER_COLUMNS, paper_values, row_for  # noqa: E402  (the paper's values, as benchmark/run.py uses them)
 
 
-def paper_hparams(script: str, env_id: str) -> tuple[dict, list[str]]:
-    """The paper's tuned values for (script, task): our Args overrides (only flags the script has) and
-    the authors' hydra overrides."""
-    import dataclasses
-
-    sys.path.insert(0, ROOT)
-    flags = {f.name for f in dataclasses.fields(importlib.import_module(script).Args)}
-    task = env_id if env_id.startswith("con-") else env_id.split("-", 1)[1]
-    with open(PAPER_HPARAMS) as f:
-        row = next((r for r in csv.DictReader(f) if r["system_name"] == PAPER_SYSTEMS[script] and r["task"] == task), None)
-    if row is None:
-        return {}, []
-    ours, theirs = {}, []
+def paper_hparams(script: str, env_id: str) -> tuple[dict, list[str], str]:
+    """The paper's tuned values for (script, task) as benchmark/run.py resolves them: our Args overrides,
+    the same values as the authors' hydra overrides, and which row they came from."""
+    ours, source = paper_values(script, env_id)
+    row, _ = row_for(script, env_id)
+    theirs = []
     for column, (flag, hydra_key, kind) in PAPER_COLUMNS.items():
-        value = row.get(column, "").strip()
-        if not value:
-            continue
-        value = kind(float(value))
-        if "lr" in flags and column in ("actor_lr", "critic_lr"):  # one optimiser rate
-            ours["lr"], theirs = value, theirs + [f"system.actor_lr={value}"]
-        elif flag in flags:
-            ours[flag] = value
-            theirs.append(f"{hydra_key}={value}")
-    return ours, theirs
+        value = (row or {}).get(column, "").strip()
+        if "lr" in ours and column in ("actor_lr", "critic_lr"):  # their MAGPO's one optimiser rate
+            hydra_key, flag = "system.actor_lr", "lr"
+        if value and flag in ours:
+            theirs.append(f"{hydra_key}={kind(float(value))}")
+    return ours, theirs, source
 
 
 def peak_rss_mib() -> float:
@@ -221,7 +188,7 @@ def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
             ceiling = by.get(("env", None, env_id))
             authors = by.get(("authors", script, env_id))
             lines.append("| " + " | ".join([
-                script, env_id, f"paper ({PAPER_SYSTEMS[script]} row)" if ours["hparams"] else "defaults", f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
+                script, env_id, ours.get("values", "defaults"), f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
                 f"{ceiling['sps']:,}" if ceiling else "-", f"{ours['sps'] / ceiling['sps']:.1%}" if ceiling else "-",
                 f"{authors['sps']:,}" if authors else "-", f"{ours['sps'] / authors['sps']:.2f}x" if authors else "-"]) + " |")
     return "\n".join(lines)
@@ -263,8 +230,8 @@ def main() -> None:
         rows.append(in_subprocess("env", env_id, *common))
         print(f"env ceiling {env_id}: {rows[-1]['sps']:,} steps/s", flush=True)
         for script in opts.scripts:
-            ours, theirs = paper_hparams(script, env_id) if opts.hparams == "paper" else ({}, [])
-            rows.append(in_subprocess(script, env_id, json.dumps(ours), *common))
+            ours, theirs, source = paper_hparams(script, env_id) if opts.hparams == "paper" else ({}, [], "defaults")
+            rows.append({**in_subprocess(script, env_id, json.dumps(ours), *common), "values": source})
             print(f"{script} {env_id}: {rows[-1]['sps']:,} steps/s, compiled in {rows[-1]['compile_s']}s", flush=True)
             if opts.authors_src and env_id in AUTHORS_ENVS and script in AUTHORS_SYSTEMS:
                 rows.append(measure_authors(script, env_id, opts.authors_src, opts.authors_venv, opts.num_envs,

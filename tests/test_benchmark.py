@@ -1,0 +1,71 @@
+"""benchmark/run.py: which of the paper's tuned values each script gets, and a run made through it."""
+import csv
+import json
+import math
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, SHARED
+
+sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+import run  # noqa: E402
+
+
+def paper_row(system, task):
+    with open(os.path.join(SHARED, "reference", "paper_hyperparameters.csv")) as f:
+        return next(r for r in csv.DictReader(f) if r["system_name"] == system and r["task"] == task)
+
+
+def test_magpo_sable_gets_the_magpo_row_and_plain_sable_the_sable_row():
+    values, source = run.paper_values("magpo_sable", "coordsum-3x10")
+    row = paper_row("magpo", "3x10")
+    assert source == "magpo row"
+    assert values == {"num_minibatches": int(row["num_minibatches"]), "max_grad_norm": float(row["max_grad_norm"]),
+                      "ppo_epochs": int(row["ppo_epochs"]), "clip_eps": float(row["clip_eps"]),
+                      "ent_coef": float(row["ent_coef"]), "embed_dim": int(row["n_embd"]), "n_head": int(row["n_head"]),
+                      "n_block": int(row["n_block"]), "decay_scaling_factor": float(row["decay_scaling_factor"]),
+                      "alpha": float(row["alpha"]), "delta": float(row["delta"]), "lr": float(row["critic_lr"])}
+    plain, source = run.paper_values("magpo_sable", "coordsum-3x10", plain=True)
+    sable = paper_row("sable", "3x10")
+    assert source == "sable row"
+    assert plain["embed_dim"] == int(sable["n_embd"]) and plain["ppo_epochs"] == int(sable["ppo_epochs"])
+    assert plain["delta"] == math.inf and plain["alpha"] == 0.0
+
+
+def test_rows_for_the_other_scripts():
+    # ctds: its teacher is Sable -> Sable's CoordSum row; elsewhere MAGPO's row without delta and alpha
+    # (the paper tuned only those two on top of Sable's values).
+    assert run.paper_values("ctds", "coordsum-3x10")[1] == "sable row"
+    values, source = run.paper_values("ctds", "rware-tiny-2ag")
+    assert source == "magpo row without delta and alpha"
+    assert values["embed_dim"] == int(paper_row("magpo", "tiny-2ag")["n_embd"]) and "delta" not in values
+    # magpo_mat: MAT's row on CoordSum, its defaults where the paper has no MAT row.
+    assert run.paper_values("magpo_mat", "coordsum-3x10")[0]["n_head"] == int(paper_row("mat", "3x10")["n_head"])
+    assert run.paper_values("magpo_mat", "rware-tiny-2ag") == ({}, "defaults (no mat row)")
+    # ippo keeps its two learning rates.
+    values, _ = run.paper_values("ippo", "coordsum-3x10")
+    assert values["actor_lr"] == float(paper_row("ippo", "3x10")["actor_lr"]) and "lr" not in values
+    assert run.paper_values("ippo", "con-5x5x3a") == ({}, "defaults (no row)")
+
+
+def test_plain_is_refused_for_scripts_without_a_guider_band(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["ippo", "coordsum-3x10", "--plain"])
+    assert "--plain is for magpo_sable and magpo_mat" in capsys.readouterr().err
+
+
+def test_a_run_through_it_uses_the_paper_values_under_the_users_flags(tmp_path):
+    run_dir = run.main(["magpo_sable", "coordsum-3x10", "--plain", "--num-envs", "4", "--rollout-length", "8",
+                        "--total-timesteps", "32", "--num-evaluations", "1", "--num-eval-episodes", "2",
+                        "--num-minibatches", "2", "--ppo-epochs", "1", "--embed-dim", "8", "--layer-size", "8",
+                        "--gru-size", "8", "--output-dir", str(tmp_path)])
+    used = json.load(open(os.path.join(run_dir, "args.json")))
+    sable = paper_row("sable", "3x10")
+    assert used["num_minibatches"] == 2 and used["embed_dim"] == 8  # the user's flags win
+    assert used["n_block"] == int(sable["n_block"]) and used["max_grad_norm"] == float(sable["max_grad_norm"])
+    assert used["delta"] == math.inf and used["alpha"] == 0.0
+    record = json.load(open(os.path.join(run_dir, "benchmark.json")))
+    assert record["paper_source"] == "sable row" and record["plain"] is True
+    assert len(open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()) == 1
