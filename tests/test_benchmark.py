@@ -69,3 +69,39 @@ def test_a_run_through_it_uses_the_paper_values_under_the_users_flags(tmp_path):
     record = json.load(open(os.path.join(run_dir, "benchmark.json")))
     assert record["paper_source"] == "sable row" and record["plain"] is True
     assert len(open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()) == 1
+
+
+def write_run(runs_dir, name, suite, task, algorithm, finals, curves, plain=False):
+    """A run directory as the scripts write it: marl-eval summary.json (and benchmark.json)."""
+    metric = "win_rate" if suite == "smax" else "episode_return"
+    seeds = {}
+    for i, (final, curve) in enumerate(zip(finals, curves)):
+        run = {f"step_{j}": {"step_count": 100 * (j + 1), metric: [v, v]} for j, v in enumerate(curve)}
+        run["absolute_metrics"] = {metric: [final - 1.0, final + 1.0]}  # mean = final
+        seeds[f"seed_{i}"] = run
+    os.makedirs(os.path.join(runs_dir, name))
+    with open(os.path.join(runs_dir, name, "summary.json"), "w") as f:
+        json.dump({suite: {task: {algorithm: seeds}}}, f)
+    if plain:
+        with open(os.path.join(runs_dir, name, "benchmark.json"), "w") as f:
+            json.dump({"plain": True}, f)
+
+
+def test_aggregate_tables_and_plots(tmp_path):
+    import aggregate
+
+    runs_dir, out = str(tmp_path / "runs"), str(tmp_path / "results")
+    write_run(runs_dir, "a", "coordsum", "3x10", "ippo", [1.0, 2.0, 3.0], [[0, 1], [0, 2], [0, 3]])
+    write_run(runs_dir, "b", "coordsum", "3x10", "magpo_sable_guider", [4.0, 5.0, 6.0], [[1, 4], [1, 5], [1, 6]],
+              plain=True)
+    aggregate.main([runs_dir, "--out", out, "--reps", "300"])
+    tasks = {r["algorithm"]: r for r in json.load(open(os.path.join(out, "tasks.json")))}
+    assert set(tasks) == {"ippo", "sable"}  # a --plain run's guider is plain Sable
+    assert tasks["ippo"]["mean"] == pytest.approx(2.0) and tasks["sable"]["mean"] == pytest.approx(5.0)
+    for r in tasks.values():  # a bootstrap CI of a mean lies within the seeds' range and around the mean
+        assert min(r["scores"]) <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= max(r["scores"])
+    # Normalised per task by the lowest (1) and highest (6) score: ippo [0, .2, .4], sable [.6, .8, 1].
+    suites = {r["algorithm"]: r for r in json.load(open(os.path.join(out, "suites.json")))}
+    assert suites["ippo"]["iqm"] == pytest.approx(0.2) and suites["sable"]["iqm"] == pytest.approx(0.8)
+    for name in ("coordsum__3x10.png", "coordsum.png", "tasks.md", "suites.md"):
+        assert os.path.getsize(os.path.join(out, name)) > 100

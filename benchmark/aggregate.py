@@ -1,0 +1,200 @@
+"""Aggregate runs the way the paper reports them (after Mava and Gorsane et al.), with rliable.
+
+    python benchmark/aggregate.py runs --out results
+
+Reads every runs/*/summary.json (marl-eval's layout, as every script writes it) and writes to --out:
+  * tasks.md / tasks.json: per task and algorithm, the mean over seeds of the final score (the absolute
+    metric: best parameters over 10x the episodes; the last checkpoint where a run has none) with a 95%
+    bootstrap confidence interval over seeds;
+  * suites.md / suites.json: per suite, the interquartile mean of min-max normalised final scores
+    with 95% stratified bootstrap confidence intervals (normalised per task by the lowest and highest
+    score any algorithm reached there);
+  * <suite>__<task>.png: sample-efficiency curves per task (mean over seeds, 95% bootstrap band), the
+    learner solid and its guider dashed where a script has one; <suite>.png: the normalised IQM per
+    checkpoint over the suite's tasks.
+Every run of a (task, algorithm) under runs_dir is pooled as one more seed: keep one configuration per
+folder. Runs made with `benchmark/run.py --plain` count as plain Sable / MAT: their guider is named
+`sable` or `mat`. rliable needs arch < 8, which needs pandas < 3: hence pandas 2.3.3 in requirements.txt.
+The score is the win rate on SMAX and the episode return elsewhere, as in the paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+from rliable import library as rly
+from rliable import metrics
+
+PLAIN_NAMES = {"magpo_sable_guider": "sable", "magpo_mat_guider": "mat"}
+
+
+def headline_metric(suite: str) -> str:
+    return "win_rate" if suite == "smax" else "episode_return"
+
+
+def load_runs(runs_dir: str) -> dict:
+    """-> {(suite, task, algorithm): [per-seed run dicts]} over every summary.json below runs_dir."""
+    runs = defaultdict(list)
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
+        plain = False
+        info = os.path.join(os.path.dirname(path), "benchmark.json")
+        if os.path.exists(info):
+            plain = json.load(open(info)).get("plain", False)
+        for suite, tasks in json.load(open(path)).items():
+            for task, algorithms in tasks.items():
+                for algorithm, seeds in algorithms.items():
+                    if plain:
+                        algorithm = PLAIN_NAMES.get(algorithm, f"{algorithm}_plain_learner")
+                    runs[suite, task, algorithm].extend(seeds.values())
+    return dict(runs)
+
+
+def final_score(run: dict, metric: str) -> float:
+    """The absolute metric's mean where the run has one, else the last checkpoint's mean."""
+    if "absolute_metrics" in run:
+        return float(np.mean(run["absolute_metrics"][metric]))
+    last = max((k for k in run if k.startswith("step_")), key=lambda k: int(k.split("_")[1]))
+    return float(np.mean(run[last][metric]))
+
+
+def curve(run: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps, mean evaluation metric) of every checkpoint, in order."""
+    steps = sorted((k for k in run if k.startswith("step_")), key=lambda k: int(k.split("_")[1]))
+    return np.array([run[k]["step_count"] for k in steps]), np.array([np.mean(run[k][metric]) for k in steps])
+
+
+def interval(scores: np.ndarray, func, reps: int, seed: int) -> tuple[float, float, float]:
+    """rliable's stratified bootstrap over runs of a [runs, tasks] matrix -> (point, low, high)."""
+    point, ci = rly.get_interval_estimates({"x": scores}, lambda x: np.array([func(x)]), reps=reps,
+                                           random_state=np.random.RandomState(seed))
+    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
+
+
+def task_table(runs: dict, reps: int = 2000, seed: int = 0) -> list[dict]:
+    rows = []
+    for (suite, task, algorithm), seeds in sorted(runs.items()):
+        scores = np.array([final_score(r, headline_metric(suite)) for r in seeds])
+        mean, low, high = interval(scores[:, None], metrics.aggregate_mean, reps, seed)
+        rows.append({"suite": suite, "task": task, "algorithm": algorithm, "seeds": len(scores), "mean": mean,
+                     "ci_low": low, "ci_high": high, "scores": scores.tolist()})
+    return rows
+
+
+def normalise(rows: list[dict]) -> dict:
+    """Min-max normalisation per task over every algorithm's per-seed final scores ->
+    {suite: {algorithm: [runs, tasks] matrix}} (runs cut to the fewest seeds any task has)."""
+    by_task = defaultdict(list)
+    for row in rows:
+        by_task[row["suite"], row["task"]].append(row)
+    out = defaultdict(lambda: defaultdict(list))
+    for (suite, task), task_rows in sorted(by_task.items()):
+        low = min(min(r["scores"]) for r in task_rows)
+        high = max(max(r["scores"]) for r in task_rows)
+        for r in task_rows:
+            out[suite][r["algorithm"]].append((np.array(r["scores"]) - low) / max(high - low, 1e-8))
+    return {suite: {alg: np.stack([s[:min(map(len, cols))] for s in cols], axis=1) for alg, cols in algs.items()}
+            for suite, algs in out.items()}
+
+
+def suite_table(rows: list[dict], reps: int = 2000, seed: int = 0) -> list[dict]:
+    table = []
+    for suite, algorithms in normalise(rows).items():
+        for algorithm, matrix in sorted(algorithms.items()):
+            iqm, low, high = interval(matrix, metrics.aggregate_iqm, reps, seed)
+            table.append({"suite": suite, "algorithm": algorithm, "tasks": matrix.shape[1], "runs": matrix.shape[0],
+                          "iqm": iqm, "ci_low": low, "ci_high": high})
+    return table
+
+
+def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files, by_task = [], defaultdict(dict)
+    for (suite, task, algorithm), seeds in runs.items():
+        by_task[suite, task][algorithm] = seeds
+    suite_curves = defaultdict(lambda: defaultdict(list))  # suite -> algorithm -> per-task [runs, checkpoints]
+    for (suite, task), algorithms in sorted(by_task.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        task_curves = {}
+        for algorithm, seeds in sorted(algorithms.items()):
+            curves = [curve(r, headline_metric(suite)) for r in seeds]
+            n = min(len(c[1]) for c in curves)
+            steps, values = curves[0][0][:n], np.stack([c[1][:n] for c in curves])
+            task_curves[algorithm] = values
+            # 95% band per checkpoint: rliable's bootstrap over seeds of a [runs, 1 task, checkpoints] array.
+            _, ci = rly.get_interval_estimates({"x": values[:, None, :]}, lambda x: x.mean(axis=(0, 1)), reps=reps,
+                                               random_state=np.random.RandomState(seed))
+            style = "--" if algorithm.endswith("_guider") or algorithm in ("sable", "mat") else "-"
+            line, = ax.plot(steps, values.mean(axis=0), style, label=f"{algorithm} ({len(seeds)} seeds)")
+            ax.fill_between(steps, ci["x"][0], ci["x"][1], color=line.get_color(), alpha=0.2)
+        ax.set(title=f"{suite} {task}", xlabel="environment steps", ylabel=headline_metric(suite))
+        ax.legend(fontsize=7)
+        name = os.path.join(out, f"{suite}__{task}.png")
+        fig.tight_layout()
+        fig.savefig(name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+        low = min(v.min() for v in task_curves.values())
+        high = max(v.max() for v in task_curves.values())
+        for algorithm, values in task_curves.items():
+            suite_curves[suite][algorithm].append((values - low) / max(high - low, 1e-8))
+    for suite, algorithms in sorted(suite_curves.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for algorithm, per_task in sorted(algorithms.items()):
+            runs_n, points = min(v.shape[0] for v in per_task), min(v.shape[1] for v in per_task)
+            matrix = np.stack([v[:runs_n, :points] for v in per_task], axis=1)  # [runs, tasks, checkpoints]
+            iqm = np.array([metrics.aggregate_iqm(matrix[:, :, i]) for i in range(points)])
+            ax.plot(np.arange(1, points + 1), iqm, "--" if algorithm.endswith("_guider") else "-",
+                    label=f"{algorithm} ({matrix.shape[1]} tasks)")
+        ax.set(title=f"{suite}: normalised IQM", xlabel="checkpoint", ylabel="min-max normalised IQM")
+        ax.legend(fontsize=7)
+        name = os.path.join(out, f"{suite}.png")
+        fig.tight_layout()
+        fig.savefig(name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def markdown(task_rows: list[dict], suite_rows: list[dict]) -> tuple[str, str]:
+    tasks = ["| suite | task | algorithm | seeds | final score (95% CI) |", "| --- | --- | --- | ---: | --- |"]
+    tasks += [f"| {r['suite']} | {r['task']} | {r['algorithm']} | {r['seeds']} | {r['mean']:.2f} "
+              f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] |" for r in task_rows]
+    suites = ["| suite | algorithm | tasks | runs | normalised IQM (95% CI) |", "| --- | --- | ---: | ---: | --- |"]
+    suites += [f"| {r['suite']} | {r['algorithm']} | {r['tasks']} | {r['runs']} | {r['iqm']:.3f} "
+               f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] |" for r in suite_rows]
+    return "\n".join(tasks) + "\n", "\n".join(suites) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir", nargs="?", default="runs")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
+    opts = parser.parse_args(argv)
+    runs = load_runs(opts.runs_dir)
+    if not runs:
+        parser.error(f"no */summary.json under {opts.runs_dir}")
+    os.makedirs(opts.out, exist_ok=True)
+    task_rows = task_table(runs, opts.reps)
+    suite_rows = suite_table(task_rows, opts.reps)
+    tasks_md, suites_md = markdown(task_rows, suite_rows)
+    for name, text, data in (("tasks", tasks_md, task_rows), ("suites", suites_md, suite_rows)):
+        with open(os.path.join(opts.out, f"{name}.md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(opts.out, f"{name}.json"), "w") as f:
+            json.dump(data, f, indent=1)
+    files = plot(runs, opts.out)
+    print(tasks_md + "\n" + suites_md + "\n" + "\n".join(files))
+
+
+if __name__ == "__main__":
+    main()
