@@ -50,7 +50,7 @@ PAPER_COLUMNS = {
 
 def paper_task(env_id: str) -> str:
     """Our env id -> the task name of the paper's files ('coordsum-3x10' -> '3x10'; Connector keeps its id)."""
-    return env_id if env_id.startswith("con-") else env_id.split("-", 1)[1]
+    return env_id if env_id.startswith("con-") or "-" not in env_id else env_id.split("-", 1)[1]
 
 
 def read_row(system: str, task: str) -> dict | None:
@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> str | None:
     values, source = paper_values(opts.script, opts.env_id, opts.plain)
     flags = ["--env-id", opts.env_id, *as_flags(values), *script_flags]
     args = tyro.cli(module.Args, args=flags)  # later flags win: the user's over the paper's
+    try:
+        module.validate(args)  # bad values fail here, with the script's own message, before anything compiles
+    except module.UsageError as error:
+        sys.exit(f"error: {error}")
     print(f"{opts.script}{' (plain)' if opts.plain else ''} on {opts.env_id}, paper values from the {source}:\n"
           f"  python {opts.script}.py {' '.join(flags)}", flush=True)
     if opts.print_only:

@@ -50,6 +50,12 @@ def test_rows_for_the_other_scripts():
     assert run.paper_values("ippo", "con-5x5x3a") == ({}, "defaults (no row)")
 
 
+def test_an_unknown_env_id_gets_the_scripts_own_message(capsys):
+    with pytest.raises(SystemExit) as stop:
+        run.main(["ippo", "rwaretiny", "--print-only"])
+    assert "unknown --env-id 'rwaretiny'" in str(stop.value) and "rware-tiny-2ag" in str(stop.value)
+
+
 def test_plain_is_refused_for_scripts_without_a_guider_band(capsys):
     with pytest.raises(SystemExit):
         run.main(["ippo", "coordsum-3x10", "--plain"])
