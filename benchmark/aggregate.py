@@ -111,11 +111,24 @@ def suite_table(rows: list[dict], reps: int = 2000, seed: int = 0) -> list[dict]
     return table
 
 
+def is_guider(algorithm: str) -> bool:
+    """A centralised policy reported beside a learner (drawn dashed)."""
+    return algorithm.endswith("_guider") or algorithm in PLAIN_NAMES.values()
+
+
 def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    def save(fig, ax, title, xlabel, ylabel, file_name):
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, file_name), dpi=110)
+        plt.close(fig)
+        files.append(os.path.join(out, file_name))
 
     files, by_task = [], defaultdict(dict)
     for (suite, task, algorithm), seeds in runs.items():
@@ -132,16 +145,10 @@ def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
             # 95% band per checkpoint: rliable's bootstrap over seeds of a [runs, 1 task, checkpoints] array.
             _, ci = rly.get_interval_estimates({"x": values[:, None, :]}, lambda x: x.mean(axis=(0, 1)), reps=reps,
                                                random_state=np.random.RandomState(seed))
-            style = "--" if algorithm.endswith("_guider") or algorithm in ("sable", "mat") else "-"
-            line, = ax.plot(steps, values.mean(axis=0), style, label=f"{algorithm} ({len(seeds)} seeds)")
+            line, = ax.plot(steps, values.mean(axis=0), "--" if is_guider(algorithm) else "-",
+                            label=f"{algorithm} ({len(seeds)} seeds)")
             ax.fill_between(steps, ci["x"][0], ci["x"][1], color=line.get_color(), alpha=0.2)
-        ax.set(title=f"{suite} {task}", xlabel="environment steps", ylabel=headline_metric(suite))
-        ax.legend(fontsize=7)
-        name = os.path.join(out, f"{suite}__{task}.png")
-        fig.tight_layout()
-        fig.savefig(name, dpi=110)
-        plt.close(fig)
-        files.append(name)
+        save(fig, ax, f"{suite} {task}", "environment steps", headline_metric(suite), f"{suite}__{task}.png")
         low = min(v.min() for v in task_curves.values())
         high = max(v.max() for v in task_curves.values())
         for algorithm, values in task_curves.items():
@@ -152,15 +159,9 @@ def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
             runs_n, points = min(v.shape[0] for v in per_task), min(v.shape[1] for v in per_task)
             matrix = np.stack([v[:runs_n, :points] for v in per_task], axis=1)  # [runs, tasks, checkpoints]
             iqm = np.array([metrics.aggregate_iqm(matrix[:, :, i]) for i in range(points)])
-            ax.plot(np.arange(1, points + 1), iqm, "--" if algorithm.endswith("_guider") else "-",
+            ax.plot(np.arange(1, points + 1), iqm, "--" if is_guider(algorithm) else "-",
                     label=f"{algorithm} ({matrix.shape[1]} tasks)")
-        ax.set(title=f"{suite}: normalised IQM", xlabel="checkpoint", ylabel="min-max normalised IQM")
-        ax.legend(fontsize=7)
-        name = os.path.join(out, f"{suite}.png")
-        fig.tight_layout()
-        fig.savefig(name, dpi=110)
-        plt.close(fig)
-        files.append(name)
+        save(fig, ax, f"{suite}: normalised IQM", "checkpoint", "min-max normalised IQM", f"{suite}.png")
     return files
 
 
