@@ -969,6 +969,26 @@ def step_count(ts: TimeStep, start: jax.Array) -> jax.Array:
     return jnp.where(start, 0, ts.episode_length)
 
 
+def make_env_sharding() -> Callable:
+    """Data parallelism over all devices: `shard_envs(tree, env_axis)` splits every array's
+    environment axis across them (a no-op on one device). XLA's partitioner then runs each device's
+    environments and sequences locally and sums the gradients of the mean losses with an all-reduce,
+    so the result is the single-device one up to the order of floating-point sums."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return lambda tree, env_axis=0: tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("envs",))
+
+    def shard_envs(tree, env_axis=0):
+        def constrain(x):
+            spec = jax.sharding.PartitionSpec(*([None] * env_axis + ["envs"]))
+            return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+        return jax.tree.map(constrain, tree)
+
+    return shard_envs
+
+
 def make_train(args: Args, env: EnvSpec) -> Trainer:
     num_agents, num_actions, continuous = env.num_agents, env.num_actions, env.continuous
     steps_per_update = args.num_envs * args.rollout_length
@@ -981,6 +1001,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
     head_size = args.embed_dim // args.n_head
     reset_envs = jax.vmap(env.reset)
     step_envs = jax.vmap(env.step)
+    shard_envs = make_env_sharding()
 
     def optimiser(lr, max_grad_norm):
         return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
@@ -993,7 +1014,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
 
     def init(key, hp):
         key, key_actor, key_guider, key_env = jax.random.split(key, 4)
-        env_state, ts = reset_envs(jax.random.split(key_env, args.num_envs))
+        env_state, ts = shard_envs(reset_envs(jax.random.split(key_env, args.num_envs)))
         start = jnp.ones((1, num_agents), bool)
         actor_params = actor.init(key_actor, zeros_h(1), ts.obs[:1], start)
         dummy_action = jnp.zeros((1, num_agents, num_actions + (0 if continuous else 1)))
@@ -1002,7 +1023,8 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         opt = optimiser(hp["lr"], hp["max_grad_norm"])
         return RunnerState(
             guider_params, actor_params, opt.init(guider_params), opt.init(actor_params),
-            env_state, ts, jnp.ones((args.num_envs,), bool), zeros_guider(args.num_envs), zeros_h(args.num_envs), key,
+            env_state, ts,
+            *shard_envs((jnp.ones((args.num_envs,), bool), zeros_guider(args.num_envs), zeros_h(args.num_envs))), key,
             jnp.array(-jnp.inf, jnp.float32), actor_params, jnp.array(-jnp.inf, jnp.float32), guider_params)
 
     def per_agent(x):
@@ -1086,7 +1108,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
             transition = Transition(ts.obs, step_count(ts, start), start, ts.action_mask, action, log_prob, value,
                                     next_ts.reward, next_ts.done)
             episode = (next_ts.done, next_ts.episode_return, next_ts.won)
-            return (env_state, next_ts, next_ts.done, guider_state, actor_h), (transition, episode)
+            return shard_envs((env_state, next_ts, next_ts.done, guider_state, actor_h)), (transition, episode)
 
         key, key_rollout = jax.random.split(runner.key)
         carry = (runner.env_state, runner.timestep, runner.start, runner.guider_state, runner.actor_h)
@@ -1142,7 +1164,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
             def split(x, env_axis):
                 x = jnp.take(x, perm, axis=env_axis)
                 x = x.reshape(x.shape[:env_axis] + (args.num_minibatches, envs_per_minibatch) + x.shape[env_axis + 1:])
-                return jnp.moveaxis(x, env_axis, 0)
+                return shard_envs(jnp.moveaxis(x, env_axis, 0), env_axis + 1)
 
             batches = (jax.tree.map(lambda x: split(x, 1), traj), jax.tree.map(lambda x: split(x, 0), guider_state0),
                        split(actor_h0, 0), split(advantage, 1), split(target, 1))
@@ -1270,6 +1292,10 @@ def validate(args: Args) -> EnvSpec:
     if args.num_envs % args.num_minibatches:
         raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
                          f"({args.num_minibatches}): minibatches hold whole environments")
+    devices = jax.device_count()
+    if (args.num_envs // args.num_minibatches) % devices:
+        raise UsageError(f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "
+                         f"minibatch) must be a multiple of the {devices} devices: each device takes an equal share")
     steps_per_update = args.num_envs * args.rollout_length
     if args.total_timesteps < steps_per_update * args.num_evaluations:
         raise UsageError(

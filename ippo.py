@@ -684,6 +684,26 @@ def critic_input(ts: TimeStep, num_agents: int) -> jax.Array:
     return ts.obs
 
 
+def make_env_sharding() -> Callable:
+    """Data parallelism over all devices: `shard_envs(tree, env_axis)` splits every array's
+    environment axis across them (a no-op on one device). XLA's partitioner then runs each device's
+    environments and sequences locally and sums the gradients of the mean losses with an all-reduce,
+    so the result is the single-device one up to the order of floating-point sums."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return lambda tree, env_axis=0: tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("envs",))
+
+    def shard_envs(tree, env_axis=0):
+        def constrain(x):
+            spec = jax.sharding.PartitionSpec(*([None] * env_axis + ["envs"]))
+            return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+        return jax.tree.map(constrain, tree)
+
+    return shard_envs
+
+
 def make_train(args: Args, env: EnvSpec) -> Trainer:
     num_agents, continuous = env.num_agents, env.continuous
     steps_per_update = args.num_envs * args.rollout_length
@@ -693,6 +713,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
     critic = RecurrentNet(1, 1.0, args.layer_size, args.gru_size)
     reset_envs = jax.vmap(env.reset)
     step_envs = jax.vmap(env.step)
+    shard_envs = make_env_sharding()
 
     def optimiser(lr, max_grad_norm):
         return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
@@ -702,7 +723,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
 
     def init(key, hp):
         key, key_actor, key_critic, key_env = jax.random.split(key, 4)
-        env_state, ts = reset_envs(jax.random.split(key_env, args.num_envs))
+        env_state, ts = shard_envs(reset_envs(jax.random.split(key_env, args.num_envs)))
         start = jnp.ones((1, num_agents), bool)
         actor_params = actor.init(key_actor, zeros_h(1), ts.obs[:1], start)
         critic_params = critic.init(key_critic, zeros_h(1), critic_input(ts, num_agents)[:1], start)
@@ -710,8 +731,9 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
             actor_params, critic_params,
             optimiser(hp["actor_lr"], hp["max_grad_norm"]).init(actor_params),
             optimiser(hp["critic_lr"], hp["max_grad_norm"]).init(critic_params),
-            env_state, ts, jnp.ones((args.num_envs,), bool), zeros_h(args.num_envs), zeros_h(args.num_envs), key,
-            jnp.array(-jnp.inf, jnp.float32), actor_params)
+            env_state, ts,
+            *shard_envs((jnp.ones((args.num_envs,), bool), zeros_h(args.num_envs), zeros_h(args.num_envs))),
+            key, jnp.array(-jnp.inf, jnp.float32), actor_params)
 
     def per_agent(start):
         """Episode-start flags [..., E] -> [..., E, A]: every agent of the environment."""
@@ -736,7 +758,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
             transition = Transition(ts.obs, critic_input(ts, num_agents), start, ts.action_mask, action, log_prob,
                                     value, next_ts.reward, next_ts.done)
             episode = (next_ts.done, next_ts.episode_return, next_ts.won)
-            return (env_state, next_ts, next_ts.done, actor_h, critic_h), (transition, episode)
+            return shard_envs((env_state, next_ts, next_ts.done, actor_h, critic_h)), (transition, episode)
 
         key, key_rollout = jax.random.split(runner.key)
         carry = (runner.env_state, runner.timestep, runner.start, runner.actor_h, runner.critic_h)
@@ -786,7 +808,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
             def split(x, env_axis):
                 x = jnp.take(x, perm, axis=env_axis)
                 x = x.reshape(x.shape[:env_axis] + (args.num_minibatches, envs_per_minibatch) + x.shape[env_axis + 1:])
-                return jnp.moveaxis(x, env_axis, 0)
+                return shard_envs(jnp.moveaxis(x, env_axis, 0), env_axis + 1)
 
             batches = (jax.tree.map(lambda x: split(x, 1), traj), split(actor_h0, 0), split(critic_h0, 0),
                        split(advantage, 1), split(target, 1))
@@ -873,6 +895,10 @@ def validate(args: Args) -> EnvSpec:
     if args.num_envs % args.num_minibatches:
         raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
                          f"({args.num_minibatches}): minibatches hold whole environments")
+    devices = jax.device_count()
+    if (args.num_envs // args.num_minibatches) % devices:
+        raise UsageError(f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "
+                         f"minibatch) must be a multiple of the {devices} devices: each device takes an equal share")
     steps_per_update = args.num_envs * args.rollout_length
     if args.total_timesteps < steps_per_update * args.num_evaluations:
         raise UsageError(
