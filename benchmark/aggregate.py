@@ -5,7 +5,8 @@
 Reads every runs/*/summary.json (marl-eval's layout, as every script writes it) and writes to --out:
   * tasks.md / tasks.json: per task and algorithm, the mean over seeds of the final score (the absolute
     metric: best parameters over 10x the episodes; the last checkpoint where a run has none) with a 95%
-    bootstrap confidence interval over seeds;
+    bootstrap confidence interval over seeds, the steps each seed trained, and the paper's Table 1 figure
+    (../shared/reference/paper_table1.csv: mean ± std over 10 seeds at 20M steps) where it has one;
   * suites.md / suites.json: per suite, the interquartile mean of min-max normalised final scores
     with 95% stratified bootstrap confidence intervals (normalised per task by the lowest and highest
     score any algorithm reached there);
@@ -21,6 +22,7 @@ The score is the win rate on SMAX and the episode return elsewhere, as in the pa
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import json
 import os
@@ -31,6 +33,23 @@ from rliable import library as rly
 from rliable import metrics
 
 PLAIN_NAMES = {"magpo_sable_guider": "sable", "magpo_mat_guider": "mat"}
+PAPER_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference",
+                           "paper_table1.csv")
+# Our names -> Table 1's columns: the learners of magpo_sable.py and ctds.py are the paper's MAGPO and CTDS.
+# magpo_mat.py's learner and the guiders have no column there.
+PAPER_NAMES = {"magpo_sable": "magpo", "ctds": "ctds", "ippo": "ippo", "mappo": "mappo", "sable": "sable", "mat": "mat"}
+
+
+def paper_scores(path: str = PAPER_TABLE) -> dict:
+    """{(suite, task, our algorithm name): (mean, std or None)} from Table 1 (first row where one repeats)."""
+    ours = {paper: name for name, paper in PAPER_NAMES.items()}
+    scores = {}
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            if r["algorithm"] in ours:
+                key = (r["suite"], r["task"], ours[r["algorithm"]])
+                scores.setdefault(key, (float(r["mean"]), float(r["std"]) if r["std"] else None))
+    return scores
 
 
 def headline_metric(suite: str) -> str:
@@ -76,12 +95,15 @@ def interval(scores: np.ndarray, func, reps: int, seed: int) -> tuple[float, flo
 
 
 def task_table(runs: dict, reps: int = 2000, seed: int = 0) -> list[dict]:
-    rows = []
+    rows, paper = [], paper_scores()
     for (suite, task, algorithm), seeds in sorted(runs.items()):
         scores = np.array([final_score(r, headline_metric(suite)) for r in seeds])
         mean, low, high = interval(scores[:, None], metrics.aggregate_mean, reps, seed)
-        rows.append({"suite": suite, "task": task, "algorithm": algorithm, "seeds": len(scores), "mean": mean,
-                     "ci_low": low, "ci_high": high, "scores": scores.tolist()})
+        paper_mean, paper_std = paper.get((suite, task, algorithm), (None, None))
+        rows.append({"suite": suite, "task": task, "algorithm": algorithm, "seeds": len(scores),
+                     "steps": min(int(curve(r, headline_metric(suite))[0][-1]) for r in seeds), "mean": mean,
+                     "ci_low": low, "ci_high": high, "scores": scores.tolist(), "paper_mean": paper_mean,
+                     "paper_std": paper_std})
     return rows
 
 
@@ -166,9 +188,15 @@ def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
 
 
 def markdown(task_rows: list[dict], suite_rows: list[dict]) -> tuple[str, str]:
-    tasks = ["| suite | task | algorithm | seeds | final score (95% CI) |", "| --- | --- | --- | ---: | --- |"]
-    tasks += [f"| {r['suite']} | {r['task']} | {r['algorithm']} | {r['seeds']} | {r['mean']:.2f} "
-              f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] |" for r in task_rows]
+    def paper(r):
+        if r["paper_mean"] is None:
+            return "-"
+        return f"{r['paper_mean']:.2f}" + (f" ± {r['paper_std']:.2f}" if r["paper_std"] is not None else "")
+
+    tasks = ["| suite | task | algorithm | seeds | steps per seed | final score (95% CI) | Table 1 (20M steps, 10 seeds) |",
+             "| --- | --- | --- | ---: | ---: | --- | --- |"]
+    tasks += [f"| {r['suite']} | {r['task']} | {r['algorithm']} | {r['seeds']} | {r['steps']:,} | {r['mean']:.2f} "
+              f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}] | {paper(r)} |" for r in task_rows]
     suites = ["| suite | algorithm | tasks | runs | normalised IQM (95% CI) |", "| --- | --- | ---: | ---: | --- |"]
     suites += [f"| {r['suite']} | {r['algorithm']} | {r['tasks']} | {r['runs']} | {r['iqm']:.3f} "
                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] |" for r in suite_rows]

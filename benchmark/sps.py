@@ -8,6 +8,11 @@ throughput (the ceiling) and, where given, the authors' Mava-based systems on th
         --updates 2 --authors-intervals 3 --authors-src /tmp/authors-src --name sps_magpo_cpu
     python benchmark/sps.py --scripts magpo_sable magpo_mat ctds --env-ids coordsum-3x10 rware-tiny-2ag \
         --hparams paper --updates 2 --name sps_guided_cpu
+    python benchmark/sps.py --scripts ippo mappo magpo_sable sable ctds magpo_mat mat --env-ids coordsum-3x10 \
+        rware-tiny-2ag --hparams paper --updates 2 --authors-src /tmp/authors-src --name sps_all_cpu
+
+`sable` and `mat` are plain Sable and plain MAT: magpo_sable.py and magpo_mat.py with --delta inf --alpha 0
+(benchmark/run.py --plain), beside the authors' rec_sable and mat.
 
 `--hparams paper` runs every script, and the authors' system beside it, with the paper's tuned
 values for that task (../shared/reference/paper_hyperparameters.csv), where the file has them.
@@ -39,7 +44,17 @@ SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-
 # The authors' hydra names for the tasks this benchmark compares on.
 AUTHORS_ENVS = {"coordsum-3x10": ("coordsum", "3x10-30"), "rware-tiny-2ag": ("rware", "tiny-2ag")}
 AUTHORS_SYSTEMS = {"ippo": "mava/systems/ppo/anakin/rec_ippo.py", "mappo": "mava/systems/ppo/anakin/rec_mappo.py",
-                   "magpo_sable": "mava/systems/gpo/anakin/rec_magpo.py"}
+                   "magpo_sable": "mava/systems/gpo/anakin/rec_magpo.py", "sable": "mava/systems/sable/anakin/rec_sable.py",
+                   "mat": "mava/systems/mat/anakin/mat.py"}
+# Plain Sable and plain MAT are no scripts of their own: magpo_sable.py / magpo_mat.py with --delta inf
+# --alpha 0, the guider alone (benchmark/run.py --plain).
+PLAIN = {"sable": "magpo_sable", "mat": "magpo_mat"}
+SCRIPTS = ("ippo", "mappo", "magpo_sable", "magpo_mat", "ctds", *PLAIN)
+
+
+def module_of(script: str) -> tuple[str, bool]:
+    """--scripts name -> (the file that runs it, whether it runs plain)."""
+    return PLAIN.get(script, script), script in PLAIN
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,13 +64,18 @@ from run import PAPER_COLUMNS, paper_values, row_for  # noqa: E402  (the paper's
 def paper_hparams(script: str, env_id: str) -> tuple[dict, list[str], str]:
     """The paper's tuned values for (script, task) as benchmark/run.py resolves them: our Args overrides,
     the same values as the authors' hydra overrides, and which row they came from."""
-    ours, source = paper_values(script, env_id)
-    row, _ = row_for(script, env_id)
+    module, plain = module_of(script)
+    ours, source = paper_values(module, env_id, plain)
+    row, _ = row_for(module, env_id, plain)
     theirs = []
     for column, (flag, hydra_key, kind) in PAPER_COLUMNS.items():
         value = (row or {}).get(column, "").strip()
-        if "lr" in ours and column in ("actor_lr", "critic_lr"):  # their MAGPO's one optimiser rate
+        if "lr" in ours and column in ("actor_lr", "critic_lr"):  # their MAGPO's, Sable's, MAT's one optimiser rate
             hydra_key, flag = "system.actor_lr", "lr"
+        if module == "magpo_mat":  # their MAT's network config has no net_config level
+            hydra_key = hydra_key.replace("network.net_config.", "network.")
+        if plain and column in ("alpha", "delta"):  # rec_sable and mat have neither
+            continue
         if value and flag in ours:
             theirs.append(f"{hydra_key}={kind(float(value))}")
     return ours, theirs, source
@@ -78,7 +98,10 @@ def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int,
     import jax
 
     sys.path.insert(0, ROOT)
-    module = importlib.import_module(script)
+    name, plain = module_of(script)
+    module = importlib.import_module(name)
+    if plain:
+        overrides = {**overrides, "delta": float("inf"), "alpha": 0.0}
     args = module.Args(env_id=env_id, num_envs=num_envs, rollout_length=rollout_length,
                        total_timesteps=num_envs * rollout_length * updates, num_evaluations=1, **overrides)
     env = module.validate(args)
@@ -101,7 +124,8 @@ def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int,
     steps = num_envs * rollout_length * updates
     return {"kind": "ours", "script": script, "env_id": env_id, "num_envs": num_envs, "compile_s": round(compile_s, 1),
             "sps": round(steps / statistics.median(times)), "peak_host_mib": round(peak_rss_mib()),
-            "peak_device_mib": device_peak_mib(), "device": str(jax.devices()[0].device_kind), "hparams": overrides}
+            "peak_device_mib": device_peak_mib(), "device": str(jax.devices()[0].device_kind),
+            "hparams": {k: str(v) if v == float("inf") else v for k, v in overrides.items()}}  # strict JSON: no Infinity
 
 
 def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -> dict:
@@ -196,7 +220,8 @@ def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo"])
+    parser.add_argument("--scripts", nargs="+", default=["ippo", "mappo"], choices=SCRIPTS,
+                        help="sable and mat: magpo_sable.py and magpo_mat.py with --delta inf --alpha 0")
     parser.add_argument("--env-ids", nargs="+", default=SUITE_TASKS)
     parser.add_argument("--num-envs", type=int, default=128)
     parser.add_argument("--rollout-length", type=int, default=128)

@@ -104,6 +104,11 @@ def test_aggregate_tables_and_plots(tmp_path):
     tasks = {r["algorithm"]: r for r in json.load(open(os.path.join(out, "tasks.json")))}
     assert set(tasks) == {"ippo", "sable"}  # a --plain run's guider is plain Sable
     assert tasks["ippo"]["mean"] == pytest.approx(2.0) and tasks["sable"]["mean"] == pytest.approx(5.0)
+    # Beside each, Table 1's figure (plain Sable is the paper's Sable column) and the steps trained.
+    assert (tasks["ippo"]["paper_mean"], tasks["ippo"]["paper_std"]) == (107.08, 0.39)
+    assert (tasks["sable"]["paper_mean"], tasks["sable"]["paper_std"]) == (133.04, 4.02)
+    assert tasks["ippo"]["steps"] == 200
+    assert "| coordsum | 3x10 | ippo | 3 | 200 | 2.00 [" in open(os.path.join(out, "tasks.md")).read()
     for r in tasks.values():  # a bootstrap CI of a mean lies within the seeds' range and around the mean
         assert min(r["scores"]) <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= max(r["scores"])
     # Normalised per task by the lowest (1) and highest (6) score: ippo [0, .2, .4], sable [.6, .8, 1].
