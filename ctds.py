@@ -40,6 +40,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple
@@ -89,6 +90,10 @@ class Args:
     """write the final and the best parameters of student and teacher as flax msgpack into the run directory"""
     output_dir: str = "runs"
     """where run directories are created"""
+    distributed: bool = False
+    """several hosts: call jax.distributed.initialize() first, which finds the other processes through the
+    cluster's scheduler (SLURM, Open MPI, Kubernetes, Cloud TPU); the environments are split over every host's
+    devices and process 0 writes the outputs"""
 
     kl_direction: Literal["guider-learner", "learner-guider"] = "guider-learner"
     """student's loss: KL(teacher || student) as the authors' MAGPO code computes its distillation term, or KL(student || teacher)"""
@@ -1292,6 +1297,8 @@ def validate(args: Args) -> EnvSpec:
     if args.num_envs % args.num_minibatches:
         raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
                          f"({args.num_minibatches}): minibatches hold whole environments")
+    if args.distributed and not jax.distributed.is_initialized():
+        jax.distributed.initialize()  # before the first device query below, which starts the backend
     devices = jax.device_count()
     if (args.num_envs // args.num_minibatches) % devices:
         raise UsageError(f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "
@@ -1361,6 +1368,9 @@ def main(args: Args) -> str:
         env = validate(args)
     except UsageError as error:
         sys.exit(f"error: {error}")
+    if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
+        args = dataclasses.replace(args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False,
+                                   save_model=False)
     run_dir = make_run_dir(args)
     print(f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
           f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}")

@@ -69,3 +69,42 @@ def test_two_devices_split_the_environments_and_match_one_device(script, env_id)
     # 6 environments in 2 minibatches leave 3 per minibatch, which 2 devices cannot share.
     assert "--num-envs / --num-minibatches (3 environments per minibatch)" in result["error"]
     assert "2 devices" in result["error"]
+
+
+def test_distributed_two_processes_train_like_one_process_with_two_devices(tmp_path):
+    """`--distributed` on two hosts, played by two local processes with one CPU device each, started the
+    way SLURM starts them (jax.distributed finds its peers from SLURM's variables; gloo carries the
+    collectives between CPU processes). They must compute what one process with two devices computes,
+    and only process 0 may write a run directory."""
+    import numpy as np
+
+    flags = ["--env-id", "coordsum-3x10", "--num-envs", "8", "--rollout-length", "8", "--total-timesteps", "128",
+             "--num-evaluations", "2", "--num-eval-episodes", "4", "--num-minibatches", "2", "--ppo-epochs", "1",
+             "--layer-size", "16", "--gru-size", "16", "--num-seeds", "2"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    slurm = {**env, "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", "SLURM_JOB_ID": str(os.getpid()),
+             "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2"}
+    hosts = [subprocess.Popen([sys.executable, "ippo.py", *flags, "--distributed", "--output-dir", str(tmp_path / "hosts")],
+                              cwd=ROOT, env={**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    one = subprocess.run([sys.executable, "ippo.py", *flags, "--output-dir", str(tmp_path / "one")], cwd=ROOT,
+                         env={**env, "XLA_FLAGS": (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()},
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    outputs = [host.communicate(timeout=600)[0] for host in hosts]
+    for host, output in zip(hosts, outputs):
+        assert host.returncode == 0, output[-3000:]
+    assert "ippo-process-" in outputs[1] and "ippo-process-" not in outputs[0]  # process 1 knew it was not 0
+    [host_run] = os.listdir(tmp_path / "hosts")  # process 1 wrote nothing here
+    [one_run] = os.listdir(tmp_path / "one")
+
+    def read(folder):
+        with open(os.path.join(folder, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f]
+        return {k: np.asarray([r[k] for r in records], np.float64) for k in records[0]
+                if k.endswith("_mean") or k in ("actor_loss", "value_loss", "entropy")}, len(records)
+
+    (hosts_metrics, n_hosts), (one_metrics, n_one) = read(tmp_path / "hosts" / host_run), read(tmp_path / "one" / one_run)
+    assert n_hosts == n_one == 2 and hosts_metrics.keys() == one_metrics.keys()
+    for name in one_metrics:
+        np.testing.assert_allclose(hosts_metrics[name], one_metrics[name], rtol=1e-4, atol=1e-5, err_msg=name)
