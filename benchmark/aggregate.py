@@ -26,12 +26,15 @@ import csv
 import glob
 import json
 import os
+import warnings
 from collections import defaultdict
 
 import numpy as np
 from rliable import library as rly
 from rliable import metrics
 
+# rliable 1.2 hands arch a RandomState, which arch 7.2 accepts with a FutureWarning per bootstrap.
+warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
 PLAIN_NAMES = {"magpo_sable_guider": "sable", "magpo_mat_guider": "mat"}
 PAPER_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference",
                            "paper_table1.csv")
