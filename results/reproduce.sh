@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every run behind results/, then the tables and plots. Resumable: a run whose benchmark.json is
 # already in results/runs/ (written when a run finishes) is skipped, so the job can be stopped and
-# started again. On the 2-core CPU this was made on, CoordSum-3x10's seven runs took about 1.5 hours.
+# started again. On the 2-core CPU this was made on, CoordSum-3x10's seven runs took 1 h 43 min.
 #   bash results/reproduce.sh            # runs, then aggregation
 #   bash results/reproduce.sh aggregate  # tables and plots from the runs already there
 set -euo pipefail
