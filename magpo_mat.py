@@ -1202,7 +1202,11 @@ def validate(args: Args) -> EnvSpec:
         raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
                          f"({args.num_minibatches}): minibatches hold whole environments")
     if args.distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize()  # before the first device query below, which starts the backend
+        try:  # before the first device query below, which starts the backend
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as error:
+            raise UsageError(f"--distributed found no cluster to join ({error}): start one process per host "
+                             "under SLURM, Open MPI, Kubernetes or Cloud TPU, or leave the flag off") from None
     devices = jax.device_count()
     if (args.num_envs // args.num_minibatches) % devices:
         raise UsageError(f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "

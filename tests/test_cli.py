@@ -105,3 +105,13 @@ def test_cli_exits_with_message_before_compiling(script, tmp_path):
     assert result.returncode != 0
     assert "error: unknown --env-id 'smax-2s3zz'" in result.stderr and "smax-2s3z" in result.stderr
     assert "compiled" not in result.stdout and not os.listdir(tmp_path)  # nothing built, nothing written
+
+
+def test_distributed_without_a_cluster_names_the_flag(script, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR"))}
+    result = subprocess.run([sys.executable, f"{script.__name__}.py", "--env-id", "coordsum-3x10", "--distributed",
+                             "--output-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "error: --distributed found no cluster to join" in result.stderr
+    assert "compiled" not in result.stdout and not os.listdir(tmp_path)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +63,6 @@ def test_two_devices_split_the_environments_and_match_one_device(script, env_id)
     assert split["envs_per_device"] == [4] and split["all_reduce"]
     assert unsplit["envs_per_device"] == [8] and not unsplit["all_reduce"]
     # Same losses, evaluation and parameters either way.
-    import numpy as np
-
     np.testing.assert_allclose(split["out"], unsplit["out"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(split["params"], unsplit["params"], rtol=1e-4, atol=1e-5)
     # 6 environments in 2 minibatches leave 3 per minibatch, which 2 devices cannot share.
@@ -76,8 +75,6 @@ def test_distributed_two_processes_train_like_one_process_with_two_devices(tmp_p
     way SLURM starts them (jax.distributed finds its peers from SLURM's variables; gloo carries the
     collectives between CPU processes). They must compute what one process with two devices computes,
     and only process 0 may write a run directory."""
-    import numpy as np
-
     flags = ["--env-id", "coordsum-3x10", "--num-envs", "8", "--rollout-length", "8", "--total-timesteps", "128",
              "--num-evaluations", "2", "--num-eval-episodes", "4", "--num-minibatches", "2", "--ppo-epochs", "1",
              "--layer-size", "16", "--gru-size", "16", "--num-seeds", "2"]
