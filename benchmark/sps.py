@@ -200,6 +200,12 @@ def in_subprocess(*argv: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def authors_cell(authors: dict | None) -> str:
+    if authors is None:
+        return "-"
+    return f"{authors['sps']:,}" if "sps" in authors else "failed (see .json)"
+
+
 def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
     by = {(r["kind"], r.get("script"), r["env_id"]): r for r in rows}
     lines = ["| script | task | values | steps/s | compile s | peak host MiB | env ceiling steps/s | of ceiling | authors' steps/s | ours / authors |",
@@ -214,7 +220,7 @@ def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
             lines.append("| " + " | ".join([
                 script, env_id, ours.get("values", "defaults"), f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
                 f"{ceiling['sps']:,}" if ceiling else "-", f"{ours['sps'] / ceiling['sps']:.1%}" if ceiling else "-",
-                f"{authors['sps']:,}" if authors else "-", f"{ours['sps'] / authors['sps']:.2f}x" if authors else "-"]) + " |")
+                authors_cell(authors), f"{ours['sps'] / authors['sps']:.2f}x" if authors and "sps" in authors else "-"]) + " |")
     return "\n".join(lines)
 
 
@@ -259,17 +265,28 @@ def main() -> None:
             rows.append({**in_subprocess(script, env_id, json.dumps(ours), *common), "values": source})
             print(f"{script} {env_id}: {rows[-1]['sps']:,} steps/s, compiled in {rows[-1]['compile_s']}s", flush=True)
             if opts.authors_src and env_id in AUTHORS_ENVS and script in AUTHORS_SYSTEMS:
-                rows.append(measure_authors(script, env_id, opts.authors_src, opts.authors_venv, opts.num_envs,
-                                            opts.rollout_length, opts.updates, opts.authors_intervals, opts.authors_timeout,
-                                            theirs))
-                print(f"authors' {script} {env_id}: {rows[-1]['sps']:,} steps/s (intervals {rows[-1]['intervals_sps']})", flush=True)
+                try:
+                    rows.append(measure_authors(script, env_id, opts.authors_src, opts.authors_venv, opts.num_envs,
+                                                opts.rollout_length, opts.updates, opts.authors_intervals,
+                                                opts.authors_timeout, theirs))
+                    print(f"authors' {script} {env_id}: {rows[-1]['sps']:,} steps/s (intervals {rows[-1]['intervals_sps']})",
+                          flush=True)
+                except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the hour of figures already taken
+                    rows.append({"kind": "authors", "script": script, "env_id": env_id, "error": str(error)[-2000:]})
+                    print(f"authors' {script} {env_id} FAILED: {str(error)[-500:]}", flush=True)
+            write_results(opts, rows)  # after every figure, so a stopped run keeps what it measured
+    write_results(opts, rows, final=True)
+
+
+def write_results(opts, rows: list[dict], final: bool = False) -> None:
     device = next((r["device"] for r in rows if r["kind"] == "ours"), "cpu")
     tag = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {device} ({os.cpu_count()} cores), "
               f"{opts.num_envs} envs x rollout {opts.rollout_length}, {opts.updates} updates per timed call.\n"
               f"Command: python benchmark/sps.py {' '.join(sys.argv[1:])}\n")
     text = header + "\n" + table(rows, opts.scripts, opts.env_ids) + "\n"
-    print("\n" + text)
+    if final:
+        print("\n" + text)
     os.makedirs(opts.out, exist_ok=True)
     name = opts.name or f"sps_{tag}"
     with open(os.path.join(opts.out, f"{name}.md"), "w") as f:

@@ -116,3 +116,35 @@ def test_aggregate_tables_and_plots(tmp_path):
     assert suites["ippo"]["iqm"] == pytest.approx(0.2) and suites["sable"]["iqm"] == pytest.approx(0.8)
     for name in ("coordsum__3x10.png", "coordsum.png", "tasks.md", "suites.md"):
         assert os.path.getsize(os.path.join(out, name)) > 100
+
+
+import sps  # noqa: E402  (benchmark/sps.py)
+
+
+def test_sps_gives_both_sides_the_same_paper_row():
+    # Plain MAT: our Args get delta=inf, alpha=0; their mat.py gets no alpha/clip_gpo (it has neither) and its
+    # network keys sit one level higher than Sable's.
+    ours, theirs, source = sps.paper_hparams("mat", "coordsum-3x10")
+    row = paper_row("mat", "3x10")  # the file keeps MAT's one learning rate under critic_lr
+    assert source == "mat row" and ours["delta"] == math.inf and ours["alpha"] == 0.0
+    assert f"network.embed_dim={int(float(row['n_embd']))}" in theirs
+    assert f"system.actor_lr={float(row['critic_lr'])}" in theirs and ours["lr"] == float(row["critic_lr"])
+    assert not any(t.startswith(("system.alpha", "system.clip_gpo", "network.net_config")) for t in theirs)
+    # MAGPO: its delta is their clip_gpo, and Sable's network keys are under net_config.
+    ours, theirs, _ = sps.paper_hparams("magpo_sable", "coordsum-3x10")
+    row = paper_row("magpo", "3x10")
+    assert f"system.clip_gpo={float(row['delta'])}" in theirs and ours["delta"] == float(row["delta"])
+    assert f"network.net_config.n_block={int(float(row['n_block']))}" in theirs
+
+
+def test_sps_table_ratios_and_a_failed_authors_run():
+    rows = [{"kind": "env", "env_id": "coordsum-3x10", "sps": 400_000},
+            {"kind": "ours", "script": "ippo", "env_id": "coordsum-3x10", "sps": 6_000, "compile_s": 7.0, "peak_host_mib": 800},
+            {"kind": "authors", "script": "ippo", "env_id": "coordsum-3x10", "sps": 2_400},
+            {"kind": "ours", "script": "sable", "env_id": "coordsum-3x10", "sps": 1_000, "compile_s": 18.0,
+             "peak_host_mib": 900, "values": "sable row"},
+            {"kind": "authors", "script": "sable", "env_id": "coordsum-3x10", "error": "timed out"}]
+    lines = sps.table(rows, ["ippo", "sable"], ["coordsum-3x10"]).splitlines()
+    ippo, sable = (line.split(" | ") for line in lines[2:])
+    assert ippo[3] == "6,000" and ippo[7] == "1.5%" and ippo[8] == "2,400" and ippo[9] == "2.50x |"
+    assert sable[2] == "sable row" and sable[8].startswith("failed") and sable[9] == "- |"
