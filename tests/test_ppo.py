@@ -83,6 +83,35 @@ def test_gru_state_resets_where_an_episode_starts(script):
     assert not np.allclose(logits[3:, 0], fresh[:, 0], atol=1e-4)
 
 
+def test_fused_gru_is_flax_gru_cell(script):
+    """RecurrentNet keeps the GRU's gates in one [H, 3H] kernel (so that training's scan has one matmul
+    per step); with GRUCell's weights placed in it, it must compute what flax.linen.GRUCell computes,
+    and its initial recurrent kernel must be GRUCell's: an orthogonal block per gate."""
+    import flax.linen as nn
+
+    H, D, B = 6, 8, 4
+    net = script.RecurrentNet(out_size=3, out_scale=0.01, layer_size=D, gru_size=H)
+    ours = net.init(jax.random.PRNGKey(0), jnp.zeros((B, H)), jnp.zeros((B, 5)), jnp.zeros((B,), bool))["params"]
+    cell = nn.GRUCell(H)
+    theirs = cell.init(jax.random.PRNGKey(1), jnp.zeros((B, H)), jnp.zeros((B, D)))["params"]
+    params = {**ours,
+              "gru_input": {"kernel": jnp.concatenate([theirs[g]["kernel"] for g in ("ir", "iz", "in")], -1),
+                            "bias": jnp.concatenate([theirs[g]["bias"] for g in ("ir", "iz", "in")], -1)},
+              "gru_hidden": {"kernel": jnp.concatenate([theirs[g]["kernel"] for g in ("hr", "hz", "hn")], -1)},
+              "gru_hidden_bias_n": theirs["hn"]["bias"]}
+    h, x = jax.random.normal(jax.random.PRNGKey(2), (B, H)), jax.random.normal(jax.random.PRNGKey(3), (B, D))
+    start = jnp.array([False, True, False, False])  # env 1 starts an episode: its state is zeroed first
+    gru_in = x @ params["gru_input"]["kernel"] + params["gru_input"]["bias"]  # what `embed` hands the GRU
+    new_h, _ = net.apply({"params": params}, h, gru_in, start, method="recur")
+    expected, _ = cell.apply({"params": theirs}, jnp.where(start[:, None], 0.0, h), x)
+    np.testing.assert_allclose(new_h, expected, rtol=1e-5, atol=1e-6)
+    kernel = np.asarray(ours["gru_hidden"]["kernel"])
+    for gate in range(3):
+        block = kernel[:, gate * H:(gate + 1) * H]
+        np.testing.assert_allclose(block.T @ block, np.eye(H), atol=1e-5)
+    assert not np.allclose(kernel[:, :H], kernel[:, H:2 * H])
+
+
 def test_replay_of_two_nets_equals_stepping_each_alone(script):
     """Training replays actor and critic side by side in one scan; that must equal stepping each
     net on its own, one time step after another, as the rollout does."""
