@@ -619,9 +619,9 @@ class RecurrentNet(nn.Module):
 def replay(nets, params, hs, xs, start):
     """Run recurrent nets over [T, ...] sequences: `embed` and `head` on all steps at once, as 2-d
     [steps, features] matmuls (XLA:CPU is slow at the weight gradients of 3-d ones), and the GRUs in
-    one scan over time, side by side. Small per-step work is what a scan pays for on a CPU: this is
-    2.3x faster than stepping the whole network (ippo.py, CoordSum's tuned minibatches). Returns the
-    final GRU states and each net's outputs for every step."""
+    one scan over time, side by side. Small per-step work is what a scan pays for on a CPU (README,
+    "Where the time goes": 2.2x the steps/s of stepping the whole network at CoordSum's tuned
+    minibatches). Returns the final GRU states and each net's outputs for every step."""
 
     def on_all_steps(fn, x):  # [..., F] -> fn on [N, F] -> [..., F']
         y = fn(x.reshape(-1, x.shape[-1]))

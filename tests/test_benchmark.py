@@ -11,6 +11,7 @@ from conftest import ROOT, SHARED
 
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
 import run  # noqa: E402
+import sps  # noqa: E402
 
 
 def paper_row(system, task):
@@ -116,9 +117,6 @@ def test_aggregate_tables_and_plots(tmp_path):
     assert suites["ippo"]["iqm"] == pytest.approx(0.2) and suites["sable"]["iqm"] == pytest.approx(0.8)
     for name in ("coordsum__3x10.png", "coordsum.png", "tasks.md", "suites.md"):
         assert os.path.getsize(os.path.join(out, name)) > 100
-
-
-import sps  # noqa: E402  (benchmark/sps.py)
 
 
 def test_sps_gives_both_sides_the_same_paper_row():
