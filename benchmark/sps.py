@@ -129,7 +129,8 @@ def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int,
 
 
 def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -> dict:
-    """Random valid actions in `num_envs` vmapped environments, `rollout_length` steps per call."""
+    """Random valid actions in `num_envs` environments, `rollout_length` steps per call, stepped by
+    `step_many` as the scripts step them."""
     import jax
     import jax.numpy as jnp
 
@@ -147,7 +148,7 @@ def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -
                 actions = jax.random.uniform(key_action, (num_envs, env.num_agents, env.num_actions), minval=-1, maxval=1)
             else:
                 actions = jax.random.categorical(key_action, jnp.where(ts.action_mask, 0.0, -1e9)).astype(jnp.int32)
-            state, ts = jax.vmap(env.step)(jax.random.split(key_env, num_envs), state, actions)
+            state, ts = env.step_many(jax.random.split(key_env, num_envs), state, actions)
             return (state, ts), ts.reward
 
         return jax.lax.scan(one_step, (state, ts), jax.random.split(key_run, rollout_length))[1]

@@ -114,6 +114,31 @@ def test_no_dtype_or_weak_type_drift(rollout):
     assert not any(w for _, _, w in avals(ts2))
 
 
+def test_step_many_is_vmapped_step(rollout):
+    """The batched step (its reset sits in a cond outside the vmap) gives what vmap(step) gives, on steps where no episode, some or every episode ended."""
+    spec = rollout[0]
+    step_all = jax.vmap(spec.step)
+    noop = jnp.arange(NUM_ENVS) >= NUM_ENVS // 2
+
+    def body(carry, key):
+        es, ts = carry
+        ka, ks = jax.random.split(key)
+        actions = jax.vmap(_random_actions, (None, 0, 0, 0))(spec, jax.random.split(ka, NUM_ENVS), ts, noop)
+        keys = jax.random.split(ks, NUM_ENVS)
+        want, got = step_all(keys, es, actions), spec.step_many(keys, es, actions)
+        assert jax.tree.structure(want) == jax.tree.structure(got)
+        # Floats may differ in the last bit: XLA fuses the two computations differently.
+        same = jnp.stack([jnp.allclose(a, b, rtol=1e-5, atol=1e-6) if jnp.issubdtype(a.dtype, jnp.floating)
+                          else jnp.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got))])
+        return want, (same.all(), want[1].done.sum())
+
+    _, steps = SUITE_TASKS[spec.suite]
+    start = jax.vmap(spec.reset)(jax.random.split(jax.random.PRNGKey(7), NUM_ENVS))
+    _, (same, n_done) = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.PRNGKey(8), steps)))(start)
+    assert bool(same.all()), f"step_many differs from vmap(step) at steps {np.flatnonzero(~np.asarray(same))[:5]}"
+    assert (n_done == 0).any() and (n_done > 0).any()  # both branches of the cond ran
+
+
 def test_agent_id_and_masks(rollout):
     spec, ts0, tss, _, _ = rollout
     A = spec.num_agents
