@@ -627,7 +627,10 @@ def replay(nets, params, hs, xs, start):
         steps = [net.apply(p, h, g, start_t, method="recur") for net, p, h, g in zip(nets, params, hs, gru_ins_t)]
         return tuple(h for h, _ in steps), tuple(y for _, y in steps)
 
-    hs, ys = jax.lax.scan(one_step, tuple(hs), (*gru_ins, start))
+    # Checkpointed: the backward pass recomputes each step's gates instead of reading ~10 arrays per
+    # step saved by the forward pass; on a CPU the per-step saves cost more than the recomputation
+    # (README, "Where the time goes").
+    hs, ys = jax.lax.scan(jax.checkpoint(one_step), tuple(hs), (*gru_ins, start))
     return hs, tuple(on_all_steps(lambda v: net.apply(p, v, method="head"), y) for net, p, y in zip(nets, params, ys))
 
 

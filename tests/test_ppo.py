@@ -134,6 +134,43 @@ def test_replay_of_two_nets_equals_stepping_each_alone(script):
     np.testing.assert_allclose(hc, h_c, rtol=1e-5, atol=1e-6)
 
 
+def test_replay_gradients_equal_stepping_gradients(script):
+    """replay's scan is checkpointed (its backward pass recomputes each step): the gradients of a
+    loss over the sequence, for both nets' parameters and the initial GRU states, must equal those
+    of stepping the nets in a Python loop."""
+    actor = script.RecurrentNet(out_size=4, out_scale=0.5, layer_size=8, gru_size=6)
+    critic = script.RecurrentNet(out_size=1, out_scale=1.0, layer_size=8, gru_size=5)
+    T, B = 6, 3
+    obs, state = jax.random.normal(jax.random.PRNGKey(0), (T, B, 3)), jax.random.normal(jax.random.PRNGKey(1), (T, B, 7))
+    start = jnp.zeros((T, B), bool).at[3, 1].set(True)
+    weights = jax.random.normal(jax.random.PRNGKey(4), (T, B, 4))
+    pa = actor.init(jax.random.PRNGKey(2), jnp.zeros((B, 6)), obs[0], start[0])
+    pc = critic.init(jax.random.PRNGKey(3), jnp.zeros((B, 5)), state[0], start[0])
+    h0 = (0.3 * jnp.ones((B, 6)), -0.2 * jnp.ones((B, 5)))
+
+    def loss(logits, values):
+        return (jax.nn.log_softmax(logits) * weights).sum() + (values[..., 0] ** 2).sum()
+
+    def through_replay(pa, pc, h0):
+        _, (logits, values) = script.replay((actor, critic), (pa, pc), h0, (obs, state), start)
+        return loss(logits, values)
+
+    def stepping(pa, pc, h0):
+        (h_a, h_c), logits, values = h0, [], []
+        for t in range(T):
+            h_a, logit_t = actor.apply(pa, h_a, obs[t], start[t])
+            h_c, value_t = critic.apply(pc, h_c, state[t], start[t])
+            logits.append(logit_t), values.append(value_t)
+        return loss(jnp.stack(logits), jnp.stack(values))
+
+    got = jax.grad(through_replay, argnums=(0, 1, 2))(pa, pc, h0)
+    want = jax.grad(stepping, argnums=(0, 1, 2))(pa, pc, h0)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert np.abs(w).max() > 0  # every parameter gets a gradient
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
 def test_masked_actions_are_never_sampled_and_have_zero_probability(script):
     actor = script.RecurrentNet(out_size=4, out_scale=0.01, layer_size=8, gru_size=6)
     obs = jax.random.normal(jax.random.PRNGKey(0), (512, 3))
