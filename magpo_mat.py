@@ -264,13 +264,16 @@ def _with_agent_id(view):
     return jnp.concatenate([jnp.eye(n, dtype=jnp.float32), view.astype(jnp.float32)], axis=-1)
 
 
-def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_reset, core_step):
+def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_reset, core_step,
+           staggered_ends=False):
     """Wrap a suite's core functions into EnvSpec.reset/step with auto-reset and metrics.
 
     core_reset(key) -> (inner, view [A, d], mask [A, n], state [s])
     core_step(key, inner, actions) -> (inner, view, mask, state, reward, done, terminated, won),
         all describing the transition, before any reset.
     `view` is the suite's per-agent view without the agent id.
+    staggered_ends: episodes often end before the time limit, at different steps in different
+    environments (LBF, Connector, SMAX), so that nearly every step resets some environment.
     """
 
     def reset(key):
@@ -324,8 +327,13 @@ def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_
         # Inside a vmap a cond runs both branches (as in Mava's AutoResetWrapper), so vmap(step)
         # builds a first timestep for every environment on every step. Here the cond sits outside
         # the vmap and skips that on steps where no episode ended: most steps of suites whose
-        # episodes end together (RWARE's reset is about 60% of its step's time). Under an outer
-        # vmap (--num-seeds) the cond turns back into a select, and costs what vmap(step) does.
+        # episodes end together at the time limit (RWARE's reset is about 60% of its step's time).
+        # Where some episode ends on nearly every step the cond would always run its branch, which
+        # XLA:CPU runs slower than the select (Connector's environment: 17 against 26 thousand
+        # steps/s), so those suites keep vmap(step). Under an outer vmap (--num-seeds) the cond
+        # turns back into a select, and costs what vmap(step) does.
+        if staggered_ends:
+            return jax.vmap(step)(keys, env_states, actions)
         fields, outcome, reset_keys = jax.vmap(transition)(keys, env_states, actions)
         done = outcome[1]
         fields = jax.lax.cond(done.any(), lambda f: jax.vmap(restart)(reset_keys, done, f), _strong, fields)
@@ -424,7 +432,7 @@ def _make_lbf(env_id, task):
         # jumanji: termination (discount 0) once all food is eaten, truncation at the limit
         terminated_fn=lambda s, ts: jnp.all(ts.discount == 0),
         won_fn=lambda s: jnp.zeros((), bool))
-    return _build(env_id, "lbf", n, 6, False, 100, *core)
+    return _build(env_id, "lbf", n, 6, False, 100, *core, staggered_ends=True)
 
 
 def _make_connector(env_id, task):
@@ -451,7 +459,7 @@ def _make_connector(env_id, task):
         team_reward=jnp.sum,  # Mava's aggregate_rewards
         terminated_fn=lambda s, ts: jnp.all(ts.discount == 0),
         won_fn=lambda s: jnp.all(jnp.all(s.agents.position == s.agents.target, axis=-1)))
-    return _build(env_id, "connector", n, 5, False, limit, *core)
+    return _build(env_id, "connector", n, 5, False, limit, *core, staggered_ends=True)
 
 
 def _jaxmarl_core(env, agents, make_state, make_mask, team_reward, terminated_fn, won_fn, actions_fn):
@@ -523,7 +531,7 @@ def _make_smax(env_id, task):
         won_fn=lambda r: jnp.all(r >= 1.0),  # Mava: episode end with the win bonus
         actions_fn=lambda a: {name: a[i] for i, name in enumerate(agents)})
     # jaxmarl SMAX tests its time limit on the pre-step counter: at most max_steps + 1 steps.
-    return _build(env_id, "smax", n, num_actions, False, int(env.max_steps) + 1, *core)
+    return _build(env_id, "smax", n, num_actions, False, int(env.max_steps) + 1, *core, staggered_ends=True)
 
 
 def _make_coordsum(env_id, task):
