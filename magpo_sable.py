@@ -267,7 +267,7 @@ def _with_agent_id(view):
 
 def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_reset, core_step,
            staggered_ends=False):
-    """Wrap a suite's core functions into EnvSpec.reset/step with auto-reset and metrics.
+    """Wrap a suite's core functions into EnvSpec.reset/step/step_many with auto-reset and metrics.
 
     core_reset(key) -> (inner, view [A, d], mask [A, n], state [s])
     core_step(key, inner, actions) -> (inner, view, mask, state, reward, done, terminated, won),
