@@ -115,7 +115,9 @@ def test_no_dtype_or_weak_type_drift(rollout):
 
 
 def test_step_many_is_vmapped_step(rollout):
-    """The batched step (its reset sits in a cond outside the vmap) gives what vmap(step) gives, on steps where no episode, some or every episode ended."""
+    """The batched step gives what vmap(step) gives, on steps where no episode, some or every episode
+    ended. Suites whose episodes end together put the reset in a cond outside the vmap; the
+    staggered ones (LBF, Connector, SMAX) are vmap(step) itself."""
     spec = rollout[0]
     step_all = jax.vmap(spec.step)
     noop = jnp.arange(NUM_ENVS) >= NUM_ENVS // 2
@@ -136,7 +138,7 @@ def test_step_many_is_vmapped_step(rollout):
     start = jax.vmap(spec.reset)(jax.random.split(jax.random.PRNGKey(7), NUM_ENVS))
     _, (same, n_done) = jax.jit(lambda s: jax.lax.scan(body, s, jax.random.split(jax.random.PRNGKey(8), steps)))(start)
     assert bool(same.all()), f"step_many differs from vmap(step) at steps {np.flatnonzero(~np.asarray(same))[:5]}"
-    assert (n_done == 0).any() and (n_done > 0).any()  # both branches of the cond ran
+    assert (n_done == 0).any() and (n_done > 0).any()  # for the cond: both branches ran
 
 
 def test_agent_id_and_masks(rollout):
