@@ -279,10 +279,19 @@ def main() -> None:
     write_results(opts, rows, final=True)
 
 
+def cpu_model() -> str:
+    """The host CPU's name: the ratios to the authors' code differ between CPUs (README, Speed)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        return "unknown CPU"
+
+
 def write_results(opts, rows: list[dict], final: bool = False) -> None:
     device = next((r["device"] for r in rows if r["kind"] == "ours"), "cpu")
     tag = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    header = (f"Measured {time.strftime('%Y-%m-%d')} on {device} ({os.cpu_count()} cores), "
+    header = (f"Measured {time.strftime('%Y-%m-%d')} on {device} ({os.cpu_count()} cores, {cpu_model()}), "
               f"{opts.num_envs} envs x rollout {opts.rollout_length}, {opts.updates} updates per timed call.\n"
               f"Command: python benchmark/sps.py {' '.join(sys.argv[1:])}\n")
     text = header + "\n" + table(rows, opts.scripts, opts.env_ids) + "\n"
@@ -293,7 +302,7 @@ def write_results(opts, rows: list[dict], final: bool = False) -> None:
     with open(os.path.join(opts.out, f"{name}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(opts.out, f"{name}.json"), "w") as f:
-        json.dump({"command": sys.argv, "rows": rows}, f, indent=1)
+        json.dump({"command": sys.argv, "cpu": cpu_model(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
