@@ -146,3 +146,18 @@ def test_sps_table_ratios_and_a_failed_authors_run():
     ippo, sable = (line.split(" | ") for line in lines[2:])
     assert ippo[3] == "6,000" and ippo[7] == "1.5%" and ippo[8] == "2,400" and ippo[9] == "2.50x |"
     assert sable[2] == "sable row" and sable[8].startswith("failed") and sable[9] == "- |"
+
+
+def test_sps_results_name_the_cpu(tmp_path):
+    """The ratios to the authors' code differ between CPUs (README, "On a second CPU"), so the
+    written results say which CPU they came from."""
+    import argparse
+    import json
+    opts = argparse.Namespace(num_envs=64, rollout_length=128, updates=3, scripts=["ippo"], env_ids=["coordsum-3x10"],
+                              out=str(tmp_path), name="t")
+    rows = [{"kind": "ours", "script": "ippo", "env_id": "coordsum-3x10", "sps": 6_000, "compile_s": 7.0,
+             "peak_host_mib": 800, "device": "cpu"}]
+    sps.write_results(opts, rows)
+    model = sps.cpu_model()
+    assert model in open(tmp_path / "t.md").readline()
+    assert json.load(open(tmp_path / "t.json"))["cpu"] == model
