@@ -152,7 +152,6 @@ def test_sps_results_name_the_cpu(tmp_path):
     """The ratios to the authors' code differ between CPUs (README, "On a second CPU"), so the
     written results say which CPU they came from."""
     import argparse
-    import json
     opts = argparse.Namespace(num_envs=64, rollout_length=128, updates=3, scripts=["ippo"], env_ids=["coordsum-3x10"],
                               out=str(tmp_path), name="t")
     rows = [{"kind": "ours", "script": "ippo", "env_id": "coordsum-3x10", "sps": 6_000, "compile_s": 7.0,
