@@ -204,7 +204,19 @@ def in_subprocess(*argv: str) -> dict:
 def authors_cell(authors: dict | None) -> str:
     if authors is None:
         return "-"
-    return f"{authors['sps']:,}" if "sps" in authors else "failed (see .json)"
+    if "sps" in authors:
+        return f"{authors['sps']:,}"
+    if "timeout_s" in authors:  # it did not finish its steps in time, compilation included
+        return f"timed out: under {authors['env_steps'] / authors['timeout_s']:,.0f} on average over {authors['timeout_s']:,} s"
+    return "failed (see .json)"
+
+
+def ratio_cell(ours: dict, authors: dict | None) -> str:
+    if authors and "sps" in authors:
+        return f"{ours['sps'] / authors['sps']:.2f}x"
+    if authors and "timeout_s" in authors:
+        return f"over {ours['sps'] * authors['timeout_s'] / authors['env_steps']:.1f}x"
+    return "-"
 
 
 def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
@@ -221,7 +233,7 @@ def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
             lines.append("| " + " | ".join([
                 script, env_id, ours.get("values", "defaults"), f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
                 f"{ceiling['sps']:,}" if ceiling else "-", f"{ours['sps'] / ceiling['sps']:.1%}" if ceiling else "-",
-                authors_cell(authors), f"{ours['sps'] / authors['sps']:.2f}x" if authors and "sps" in authors else "-"]) + " |")
+                authors_cell(authors), ratio_cell(ours, authors)]) + " |")
     return "\n".join(lines)
 
 
@@ -274,6 +286,9 @@ def main() -> None:
                           flush=True)
                 except (RuntimeError, subprocess.TimeoutExpired) as error:  # keep the hour of figures already taken
                     rows.append({"kind": "authors", "script": script, "env_id": env_id, "error": str(error)[-2000:]})
+                    if isinstance(error, subprocess.TimeoutExpired):  # still a figure: an upper bound on its speed
+                        rows[-1].update(timeout_s=opts.authors_timeout, env_steps=opts.num_envs * opts.rollout_length
+                                        * opts.updates * opts.authors_intervals)
                     print(f"authors' {script} {env_id} FAILED: {str(error)[-500:]}", flush=True)
             write_results(opts, rows)  # after every figure, so a stopped run keeps what it measured
     write_results(opts, rows, final=True)

@@ -141,11 +141,17 @@ def test_sps_table_ratios_and_a_failed_authors_run():
             {"kind": "authors", "script": "ippo", "env_id": "coordsum-3x10", "sps": 2_400},
             {"kind": "ours", "script": "sable", "env_id": "coordsum-3x10", "sps": 1_000, "compile_s": 18.0,
              "peak_host_mib": 900, "values": "sable row"},
-            {"kind": "authors", "script": "sable", "env_id": "coordsum-3x10", "error": "timed out"}]
-    lines = sps.table(rows, ["ippo", "sable"], ["coordsum-3x10"]).splitlines()
-    ippo, sable = (line.split(" | ") for line in lines[2:])
+            {"kind": "authors", "script": "sable", "env_id": "coordsum-3x10", "error": "exit 1"},
+            {"kind": "ours", "script": "magpo_sable", "env_id": "coordsum-3x10", "sps": 1_200, "compile_s": 20.0,
+             "peak_host_mib": 900, "values": "magpo row"},
+            {"kind": "authors", "script": "magpo_sable", "env_id": "coordsum-3x10", "error": "timed out",
+             "timeout_s": 3600, "env_steps": 98_304}]
+    lines = sps.table(rows, ["ippo", "sable", "magpo_sable"], ["coordsum-3x10"]).splitlines()
+    ippo, sable, magpo = (line.split(" | ") for line in lines[2:])
     assert ippo[3] == "6,000" and ippo[7] == "1.5%" and ippo[8] == "2,400" and ippo[9] == "2.50x |"
     assert sable[2] == "sable row" and sable[8].startswith("failed") and sable[9] == "- |"
+    # 98,304 steps not done in 3,600 s: under 27.3 steps/s, so ours at 1,200 is over 1,200 / 27.3 = 43.9x
+    assert magpo[8] == "timed out: under 27 on average over 3,600 s" and magpo[9] == "over 43.9x |"
 
 
 def test_sps_results_name_the_cpu(tmp_path):
