@@ -151,7 +151,20 @@ def test_sps_table_ratios_and_a_failed_authors_run():
     assert ippo[3] == "6,000" and ippo[7] == "1.5%" and ippo[8] == "2,400" and ippo[9] == "2.50x |"
     assert sable[2] == "sable row" and sable[8].startswith("failed") and sable[9] == "- |"
     # 98,304 steps not done in 3,600 s: under 27.3 steps/s, so ours at 1,200 is over 1,200 / 27.3 = 43.9x
-    assert magpo[8] == "timed out: under 27 on average over 3,600 s" and magpo[9] == "over 43.9x |"
+    assert magpo[8] == "timed out: under 27.3 on average over 3,600 s" and magpo[9] == "over 43.9x |"
+
+
+def test_sps_authors_run_that_times_out_becomes_a_bound(tmp_path):
+    """A stand-in for the authors' python that never finishes: measure_authors returns the steps it
+    asked for and the timeout, which the table turns into an upper bound on their speed."""
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/sh\nexec sleep 30\n")
+    python.chmod(0o755)
+    row = sps.measure_authors("magpo_sable", "coordsum-3x10", str(tmp_path), str(tmp_path / "venv"), num_envs=8,
+                              rollout_length=16, updates=2, intervals=3, timeout=1, hydra_overrides=[])
+    assert row["timeout_s"] == 1 and row["env_steps"] == 8 * 16 * 2 * 3 and "sps" not in row
+    assert sps.authors_cell(row) == "timed out: under 768.0 on average over 1 s"
 
 
 def test_sps_results_name_the_cpu(tmp_path):
