@@ -163,6 +163,12 @@ def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -
     return {"kind": "env", "env_id": env_id, "num_envs": num_envs, "sps": round(num_envs * rollout_length / statistics.median(times))}
 
 
+def parse_timings(stdout: str) -> list[tuple[int, float, float]]:
+    """(interval, elapsed seconds, steps/s) of each [TIMING] line the patched authors' code printed."""
+    return [(int(m.group(1)), float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"\[TIMING\] interval (\d+) elapsed_s=([\d.]+) env_steps=\d+ sps=([\d.]+)", stdout)]
+
+
 def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int, rollout_length: int,
                     updates: int, intervals: int, timeout: int, hydra_overrides: list[str]) -> dict:
     """Run the authors' system (patched by ../shared/tools/authors-baseline to print [TIMING] per
@@ -180,16 +186,20 @@ def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int
                f"arch.num_evaluation={intervals}", "arch.absolute_metric=False", "arch.num_eval_episodes=8",
                # our defaults (speed does not depend on them, but the comparison is at identical settings)
                "system.gae_lambda=0.9", "system.vf_coef=0.1", *hydra_overrides]
-    env_vars = {**os.environ, "PYTHONPATH": src, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    # unbuffered, so that the intervals a timed-out run did finish are in what it printed
+    env_vars = {**os.environ, "PYTHONPATH": src, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
+                "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     try:
         result = subprocess.run(command, cwd=src, env=env_vars, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timed_out:
+        printed = timed_out.stdout or ""
+        done = parse_timings(printed.decode(errors="replace") if isinstance(printed, bytes) else printed)
         return {"kind": "authors", "script": system, "env_id": env_id, "num_envs": num_envs, "timeout_s": timeout,
-                "env_steps": total_steps, "hparams": hydra_overrides}
+                "env_steps": total_steps, "intervals": intervals, "intervals_done_s": [round(s, 1) for _, s, _ in done],
+                "hparams": hydra_overrides}
     wall = time.perf_counter() - start
-    timings = [(int(m.group(1)), float(m.group(2)), float(m.group(3)))
-               for m in re.finditer(r"\[TIMING\] interval (\d+) elapsed_s=([\d.]+) env_steps=\d+ sps=([\d.]+)", result.stdout)]
+    timings = parse_timings(result.stdout)
     if result.returncode != 0 or len(timings) < 3:
         raise RuntimeError(f"authors' {system} failed or printed too few [TIMING] lines:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     steady = [sps for interval, _, sps in timings if interval >= 2]
@@ -212,7 +222,12 @@ def authors_cell(authors: dict | None) -> str:
     if "sps" in authors:
         return f"{authors['sps']:,}"
     if "timeout_s" in authors:  # it did not finish its steps in time, compilation included
-        return f"timed out: under {authors['env_steps'] / authors['timeout_s']:,.1f} on average over {authors['timeout_s']:,} s"
+        cell = f"timed out: under {authors['env_steps'] / authors['timeout_s']:,.1f} on average over {authors['timeout_s']:,} s"
+        if "intervals" in authors:  # rows written before sps.py kept the finished intervals lack these
+            done = authors["intervals_done_s"]
+            cell += f" ({len(done)} of {authors['intervals']} intervals done" + (
+                f", the first, compilation included, in {done[0]:,.1f} s)" if done else ")")
+        return cell
     return "failed (see .json)"
 
 

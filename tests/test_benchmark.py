@@ -155,16 +155,23 @@ def test_sps_table_ratios_and_a_failed_authors_run():
 
 
 def test_sps_authors_run_that_times_out_becomes_a_bound(tmp_path):
-    """A stand-in for the authors' python that never finishes: measure_authors returns the steps it
-    asked for and the timeout, which the table turns into an upper bound on their speed."""
+    """A stand-in for the authors' python that finishes its first interval and then never ends:
+    measure_authors returns the steps it asked for, the timeout and the interval it saw finish,
+    which the table turns into an upper bound on their speed."""
     python = tmp_path / "venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
-    python.write_text("#!/bin/sh\nexec sleep 30\n")
+    python.write_text("#!/bin/sh\necho '[TIMING] interval 0 elapsed_s=12.5 env_steps=256 sps=20.5'\nexec sleep 30\n")
     python.chmod(0o755)
     row = sps.measure_authors("magpo_sable", "coordsum-3x10", str(tmp_path), str(tmp_path / "venv"), num_envs=8,
                               rollout_length=16, updates=2, intervals=3, timeout=1, hydra_overrides=[])
     assert row["timeout_s"] == 1 and row["env_steps"] == 8 * 16 * 2 * 3 and "sps" not in row
-    assert sps.authors_cell(row) == "timed out: under 768.0 on average over 1 s"
+    assert row["intervals_done_s"] == [12.5]
+    assert sps.authors_cell(row) == ("timed out: under 768.0 on average over 1 s (1 of 3 intervals done, "
+                                     "the first, compilation included, in 12.5 s)")
+    python.write_text("#!/bin/sh\nexec sleep 30\n")
+    row = sps.measure_authors("magpo_sable", "coordsum-3x10", str(tmp_path), str(tmp_path / "venv"), num_envs=8,
+                              rollout_length=16, updates=2, intervals=3, timeout=1, hydra_overrides=[])
+    assert row["intervals_done_s"] == [] and sps.authors_cell(row).endswith("(0 of 3 intervals done)")
 
 
 def test_sps_results_name_the_cpu(tmp_path):
