@@ -311,13 +311,20 @@ def main() -> None:
     write_results(opts, rows, final=True)
 
 
-def cpu_model() -> str:
-    """The host CPU's name: the ratios to the authors' code differ between CPUs (README, Speed)."""
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The host CPU's name, with its family and model numbers: the ratios to the authors' code differ
+    between CPUs (README, Speed), and a virtual machine may name only the brand ("AMD EPYC")."""
     try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+        with open(cpuinfo) as f:
+            first = f.read().split("\n\n", 1)[0]  # the first processor's block
     except OSError:
         return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    name = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def write_results(opts, rows: list[dict], final: bool = False) -> None:

@@ -174,8 +174,20 @@ def test_sps_authors_run_that_times_out_becomes_a_bound(tmp_path):
     assert row["intervals_done_s"] == [] and sps.authors_cell(row).endswith("(0 of 3 intervals done)")
 
 
+def test_cpu_model_reads_name_family_and_model(tmp_path):
+    """Two AMD EPYCs of different generations both call themselves "AMD EPYC" in a VM; the family
+    and model numbers tell them apart."""
+    info = tmp_path / "cpuinfo"
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+    info.write_text(block.format(0) + "\n" + block.format(1).replace("26", "25"))
+    assert sps.cpu_model(str(info)) == "AMD EPYC (family 26, model 2)"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert sps.cpu_model(str(info)) == "Some CPU"
+    assert sps.cpu_model(str(tmp_path / "absent")) == "unknown CPU"
+
+
 def test_sps_results_name_the_cpu(tmp_path):
-    """The ratios to the authors' code differ between CPUs (README, "On a second CPU"), so the
+    """The ratios to the authors' code differ between CPUs (README, "On AMD EPYCs"), so the
     written results say which CPU they came from."""
     import argparse
     opts = argparse.Namespace(num_envs=64, rollout_length=128, updates=3, scripts=["ippo"], env_ids=["coordsum-3x10"],
