@@ -175,7 +175,7 @@ def test_sps_authors_run_that_times_out_becomes_a_bound(tmp_path):
 
 
 def test_cpu_model_reads_name_family_and_model(tmp_path):
-    """Two AMD EPYCs of different generations both call themselves "AMD EPYC" in a VM; the family
+    """Different AMD EPYC models can all call themselves "AMD EPYC" in a VM; the family
     and model numbers tell them apart."""
     info = tmp_path / "cpuinfo"
     block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
