@@ -983,6 +983,12 @@ class Trainer(NamedTuple):
     rollout: Callable  # rollout(runner) -> (runner, trajectory, last value, episode ends)
     guider_train_pass: Callable  # guider_train_pass(guider_params, trajectory) -> (value, policy outputs)
     loss: Callable  # loss(guider_params, actor_params, batch, hp) -> (total, stats)
+    guider_act: Callable  # guider_act(guider_params, ts, key) -> (action, log-prob, env action, value)
+
+
+def optimiser(lr, max_grad_norm):
+    """Clip by global gradient norm, then Adam with eps 1e-5 (the authors' optimiser)."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
 def make_env_sharding() -> Callable:
@@ -1015,9 +1021,6 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
     reset_envs = jax.vmap(env.reset)
     step_envs = env.step_many
     shard_envs = make_env_sharding()
-
-    def optimiser(lr, max_grad_norm):
-        return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
     def zeros_h(batch):
         return jnp.zeros((batch, num_agents, args.gru_size), jnp.float32)
@@ -1241,7 +1244,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
 
     return Trainer(init, update, learn, evaluate, evaluate_guider, train, num_updates_per_eval, rollout, guider_train_pass,
-                   loss_fn)
+                   loss_fn, guider_act)
 
 
 # =============================================================================================

@@ -1055,11 +1055,17 @@ class Trainer(NamedTuple):
     rollout: Callable  # rollout(runner) -> (runner, trajectory, last value, episode ends)
     guider_train_pass: Callable  # guider_train_pass(guider_params, state, trajectory) -> (value, policy outputs)
     loss: Callable  # loss(guider_params, actor_params, batch, hp) -> (total, stats)
+    guider_act: Callable  # guider_act(guider_params, state, ts, start, key) -> (state, action, log-prob, env action, value)
 
 
 def step_count(ts: TimeStep, start: jax.Array) -> jax.Array:
     """Steps taken in the current episode ([E]): 0 where it starts, the running length otherwise."""
     return jnp.where(start, 0, ts.episode_length)
+
+
+def optimiser(lr, max_grad_norm):
+    """Clip by global gradient norm, then Adam with eps 1e-5 (the authors' optimiser)."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
 def make_env_sharding() -> Callable:
@@ -1095,9 +1101,6 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
     reset_envs = jax.vmap(env.reset)
     step_envs = env.step_many
     shard_envs = make_env_sharding()
-
-    def optimiser(lr, max_grad_norm):
-        return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
     def zeros_h(batch):
         return jnp.zeros((batch, num_agents, args.gru_size), jnp.float32)
@@ -1144,19 +1147,20 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         step = step_count(ts, start)[:, None]
 
         def next_agent(carry, inputs):
-            token, self_state, cross_state = carry
-            first, obs_rep_j, mask_j, key_j = inputs
+            token, self_state, cross_state, key = carry
+            first, obs_rep_j, mask_j = inputs
+            key, key_j = jax.random.split(key)  # one key after another, as the authors' decoder loop draws them
             out, (self_state, cross_state) = sable.apply(
                 guider_params, token[:, None], obs_rep_j[:, None], step, (self_state, cross_state),
                 jnp.where(first, decay, 1.0), method=Sable.decode)
             pi = mask_logits(jax.tree.map(lambda x: x[:, 0], out), mask_j, continuous)
             action, log_prob, env_action = sample_action(key_j, pi, continuous, greedy)
-            return (action_token(action, num_actions, continuous), self_state, cross_state), (action, log_prob, env_action)
+            token = action_token(action, num_actions, continuous)
+            return (token, self_state, cross_state, key), (action, log_prob, env_action)
 
-        carry = (start_token((start.shape[0],), num_actions, continuous), state.decoder_self, state.decoder_cross)
-        agents_first = (jnp.arange(num_agents) == 0, jnp.swapaxes(obs_rep, 0, 1), jnp.swapaxes(ts.action_mask, 0, 1),
-                        jax.random.split(key, num_agents))
-        (_, self_state, cross_state), outputs = jax.lax.scan(next_agent, carry, agents_first)
+        carry = (start_token((start.shape[0],), num_actions, continuous), state.decoder_self, state.decoder_cross, key)
+        agents_first = (jnp.arange(num_agents) == 0, jnp.swapaxes(obs_rep, 0, 1), jnp.swapaxes(ts.action_mask, 0, 1))
+        (_, self_state, cross_state, _), outputs = jax.lax.scan(next_agent, carry, agents_first)
         action, log_prob, env_action = (jnp.swapaxes(x, 0, 1) for x in outputs)
         return state._replace(decoder_self=self_state, decoder_cross=cross_state), action, log_prob, env_action, value
 
@@ -1359,7 +1363,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
 
     return Trainer(init, update, learn, evaluate, evaluate_guider, train, num_updates_per_eval, rollout, guider_train_pass,
-                   loss_fn)
+                   loss_fn, guider_act)
 
 
 # =============================================================================================

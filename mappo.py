@@ -757,12 +757,18 @@ class Trainer(NamedTuple):
     evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics
     train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
     num_updates_per_eval: int
+    loss: Callable  # loss(actor_params, critic_params, batch, hp) -> (total, stats), exposed for tests
 
 
 def critic_input(ts: TimeStep, num_agents: int) -> jax.Array:
     """MAPPO's critic sees the global state, the same copy for every agent (no agent id, as the
     authors' wrappers build it: the team reward makes every agent's value the same)."""
     return jnp.broadcast_to(ts.state[..., None, :], ts.state.shape[:-1] + (num_agents, ts.state.shape[-1]))
+
+
+def optimiser(lr, max_grad_norm):
+    """Clip by global gradient norm, then Adam with eps 1e-5 (the authors' optimiser)."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
 def make_env_sharding() -> Callable:
@@ -795,9 +801,6 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
     reset_envs = jax.vmap(env.reset)
     step_envs = env.step_many
     shard_envs = make_env_sharding()
-
-    def optimiser(lr, max_grad_norm):
-        return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
 
     def zeros_h(batch):
         return jnp.zeros((batch, num_agents, args.gru_size), jnp.float32)
@@ -948,7 +951,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         runner = init(key, hp)
         return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
 
-    return Trainer(init, update, learn, evaluate, train, num_updates_per_eval)
+    return Trainer(init, update, learn, evaluate, train, num_updates_per_eval, loss_fn)
 
 
 # =============================================================================================
