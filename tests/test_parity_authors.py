@@ -252,3 +252,66 @@ def test_ppo_losses_gradients_and_step_match(module, system):
     advantage, target = module.gae(g["reward"], b["value"], dones, g["last_value"], gamma, gae_lambda)
     np.testing.assert_allclose(advantage, g["advantage"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(target, g["target"], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Environments: the adapter against Mava's wrapped environments, step by step over one episode.
+# --------------------------------------------------------------------------------------------------
+ENV_IDS = ["coordsum-3x10", "coordsum-8x15", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a"]
+
+
+@pytest.fixture
+def injected_targets(monkeypatch):
+    """The authors' CoordSum draws an episode's targets at reset, this project's one per step from the
+    step's key: the test hands both sides the same targets."""
+    import coordsum
+
+    schedule = {}
+    reset, step = coordsum.CoordSum.reset, coordsum.CoordSum.step
+
+    def reset_injected(self, key):
+        state, _ = reset(self, key)
+        state = state._replace(target=schedule["targets"][0])
+        return state, self._obs(state)
+
+    def step_injected(self, key, state, actions):
+        state, _, reward, done = step(self, key, state, actions)
+        state = state._replace(target=schedule["targets"][jnp.minimum(state.step_count, len(schedule["targets"]) - 1)])
+        return state, self._obs(state), reward, done
+
+    monkeypatch.setattr(coordsum.CoordSum, "reset", reset_injected)
+    monkeypatch.setattr(coordsum.CoordSum, "step", step_injected)
+    return schedule
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_environment_traces_match_mava(env_id, injected_targets):
+    """Observations (agent id first), global state, action masks, step counts, team rewards, episode
+    ends and returns, exactly, from the same reset key and actions. Past the episode's end the two
+    sides reset from different keys, so the trace stops there."""
+    fx = load("environments")[env_id]
+    if "targets" in fx:
+        injected_targets["targets"] = jnp.asarray(fx["targets"], jnp.int32)
+    env = ms.make_env(env_id)
+    step = jax.jit(env.step)
+    state, ts = env.reset(jnp.asarray(fx["inner_reset_key"]))  # the key the jumanji env saw
+    first = fx["first"]
+    np.testing.assert_array_equal(ts.obs, first["obs"])
+    np.testing.assert_array_equal(ts.action_mask, first["mask"])
+    np.testing.assert_array_equal(ts.state, first["global_state"][0])
+    trace = fx["trace"]
+    num_steps = int(np.argmax(trace["done"])) + 1
+    for t in range(num_steps):
+        state, ts = step(jax.random.PRNGKey(t), state, jnp.asarray(trace["action"][t]))
+        where = f"{env_id}, step {t + 1}"
+        np.testing.assert_array_equal(ts.reward, trace["reward"][t].reshape(-1)[0], err_msg=where)
+        assert bool(ts.done) == bool(trace["done"][t]), where
+        if ts.done:  # the episode's end: its return; the observation is already the next episode's
+            np.testing.assert_allclose(ts.episode_return, trace["episode_return"][t], rtol=1e-6, err_msg=where)
+            break
+        np.testing.assert_array_equal(ts.obs, trace["obs"][t], err_msg=where)
+        np.testing.assert_array_equal(ts.action_mask, trace["mask"][t], err_msg=where)
+        np.testing.assert_array_equal(ts.state, trace["global_state"][t][0], err_msg=where)
+        np.testing.assert_array_equal(ts.episode_length, trace["step_count"][t].reshape(-1)[0], err_msg=where)
+    assert t + 1 == num_steps
+    assert np.any(trace["reward"][:num_steps] != 0), "the trace must earn some reward"

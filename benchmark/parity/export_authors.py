@@ -357,11 +357,101 @@ def export_ppo(out: pathlib.Path, system: str):
     print(f"{system}: actor {float(a_total):.6f}, critic {float(c_total):.6f}")
 
 
+# ------------------------------------------------------------------------------------------------
+# Environments, as the authors' systems see them (Mava's wrappers: agent id, global state, auto-reset,
+# episode metrics). One episode each, from a given reset key, with actions drawn from the action mask.
+# ------------------------------------------------------------------------------------------------
+ENV_TRACES = {  # name: (env config, scenario, reset key, steps to record at most)
+    "coordsum-3x10": ("coordsum", "3x10-30", 3, 100),
+    "coordsum-8x15": ("coordsum", "8x15-100", 4, 100),
+    "rware-tiny-2ag": ("rware", "tiny-2ag", None, 500),  # key searched for: an episode that earns reward
+    "lbf-2s-8x8-2p-2f-coop": ("lbf", "2s-8x8-2p-2f-coop", None, 100),  # key searched for: food eaten
+    "con-5x5x3a": ("vector-connector", "con-5x5x3a", 6, 25),
+}
+
+
+def authors_env(env_config, scenario):
+    from hydra import compose, initialize_config_dir
+    from mava.utils import make_env as environments
+
+    with initialize_config_dir(config_dir=str(pathlib.Path("mava/configs/default").resolve()), version_base="1.2"):
+        config = compose("rec_mappo.yaml", overrides=[f"env={env_config}", f"env/scenario={scenario}"])
+    OmegaConf.set_struct(config, False)
+    env, _ = environments.make(config, add_global_state=True)
+    return env
+
+
+def scripted_actions(key, mask, num_steps, target=None):
+    """Random legal actions; on CoordSum half of the steps aim at the target (so that rewards of 1 and
+    2 both occur)."""
+    k1, k2 = jax.random.split(key)
+    logits = jnp.where(mask, 0.0, -jnp.inf)
+    actions = jax.random.categorical(k1, logits)
+    if target is None:
+        return actions
+    n_agents, n_actions = mask.shape
+    rest = jnp.clip(target - jnp.sum(actions[1:]), 0, n_actions - 1)
+    return jnp.where(jax.random.bernoulli(k2), actions.at[0].set(rest), actions)
+
+
+def inner_state(state):
+    while not hasattr(state, "target"):  # the wrappers' states hold the env's as `env_state`
+        state = state.env_state
+    return state
+
+
+def run_episode(env, reset_key, action_key, num_steps, coordsum):
+    state, ts = env.reset(reset_key)
+
+    def one_step(carry, key):
+        state, ts = carry
+        target = inner_state(state).target[inner_state(state).step_count] if coordsum else None
+        action = scripted_actions(key, ts.observation.action_mask, num_steps, target)
+        state, next_ts = env.step(state, action)
+        record = dict(action=action, obs=next_ts.observation.agents_view, mask=next_ts.observation.action_mask,
+                      global_state=next_ts.observation.global_state, reward=next_ts.reward, done=next_ts.last(),
+                      step_count=next_ts.observation.step_count,
+                      episode_return=next_ts.extras["episode_metrics"]["episode_return"])
+        return (state, next_ts), record
+
+    _, trace = jax.lax.scan(one_step, (state, ts), jax.random.split(action_key, num_steps))
+    first = dict(obs=ts.observation.agents_view, mask=ts.observation.action_mask,
+                 global_state=ts.observation.global_state, step_count=ts.observation.step_count)
+    return first, trace, (inner_state(state).target if coordsum else None)
+
+
+def export_envs(out: pathlib.Path):
+    arrays = {}
+    for name, (env_config, scenario, seed, num_steps) in ENV_TRACES.items():
+        env = authors_env(env_config, scenario)
+        coordsum = env_config == "coordsum"
+        run = jax.jit(lambda rk, ak: run_episode(env, rk, ak, num_steps, coordsum))
+        if seed is None:  # search reset keys for an episode whose reward is not all zero before it ends
+            for seed in range(1000):
+                _, trace, _ = run(jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1))
+                ended = np.cumsum(np.asarray(trace["done"])) > 0
+                earned = np.asarray(trace["reward"]).reshape(num_steps, -1)[:, 0] != 0
+                if earned[~ended | np.asarray(trace["done"])].any():
+                    break
+        first, trace, targets = run(jax.random.PRNGKey(seed), jax.random.PRNGKey(seed + 1))
+        # Mava's RecordEpisodeMetrics wrapper resets the environment with split(key)[1]: the inner key.
+        arrays.update({f"{name}/inner_reset_key": np.asarray(jax.random.split(jax.random.PRNGKey(seed))[1]),
+                       **flatten(first, f"{name}/first"), **flatten(trace, f"{name}/trace")})
+        if targets is not None:
+            arrays[f"{name}/targets"] = targets
+        done = np.asarray(trace["done"])
+        reward = np.asarray(trace["reward"]).reshape(num_steps, -1)[:, 0]
+        print(f"{name}: reset key {seed}, first episode end at step {int(np.argmax(done)) + 1 if done.any() else None}, "
+              f"rewards {sorted(set(np.round(reward, 3).tolist()))[:6]}")
+    np.savez_compressed(out / "environments.npz", **arrays)
+
+
 EXPORTS = {
     "magpo": export_magpo,
     "sable_acting": export_sable_acting,
     "ippo": lambda out: export_ppo(out, "rec_ippo"),
     "mappo": lambda out: export_ppo(out, "rec_mappo"),
+    "envs": export_envs,
 }
 
 
