@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import ippo
+import magpo_mat as mm
 import magpo_sable as ms
 import mappo
 from conftest import ROOT
@@ -252,6 +253,86 @@ def test_ppo_losses_gradients_and_step_match(module, system):
     advantage, target = module.gae(g["reward"], b["value"], dones, g["last_value"], gamma, gae_lambda)
     np.testing.assert_allclose(advantage, g["advantage"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(target, g["target"], rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# MAT (Mava's mat.py), magpo_mat.py's guider: at --delta inf --alpha 0 its loss is MAT's PPO loss.
+# --------------------------------------------------------------------------------------------------
+def attention_from_authors(a):
+    return {"w_q": a["query"], "w_k": a["key"], "w_v": a["value"], "w_o": a["proj"]}
+
+
+def feed_forward_from_authors(m):
+    return {"Dense_0": m["layers_0"], "Dense_1": m["layers_2"]}
+
+
+def mat_from_authors(tree, n_block):
+    enc, dec = tree["params"]["encoder"], tree["params"]["decoder"]
+    params = {
+        "obs_norm": enc["obs_encoder"]["layers_0"], "obs_embed": enc["obs_encoder"]["layers_1"],
+        "block_norm": enc["ln"], "value_hidden": enc["head"]["layers_0"], "value_norm": enc["head"]["layers_2"],
+        "value_out": enc["head"]["layers_3"], "action_embed": dec["action_encoder"]["layers_0"],
+        "action_norm": dec["ln"], "policy_hidden": dec["head"]["layers_0"], "policy_norm": dec["head"]["layers_2"],
+        "policy_out": dec["head"]["layers_3"],
+    }
+    for i in range(n_block):
+        e, d = enc["blocks"][f"layers_{i}"], dec[f"cross_attention_block_{i}"]
+        params[f"encoder_blocks_{i}"] = {"attention": attention_from_authors(e["attn"]),
+                                         "feed_forward": feed_forward_from_authors(e["mlp"]),
+                                         "norm1": e["ln1"], "norm2": e["ln2"]}
+        params[f"decoder_blocks_{i}"] = {"self_attention": attention_from_authors(d["attn1"]),
+                                         "cross_attention": attention_from_authors(d["attn2"]),
+                                         "feed_forward": feed_forward_from_authors(d["mlp"]),
+                                         "norm1": d["ln1"], "norm2": d["ln2"], "norm3": d["ln3"]}
+    return {"params": params}
+
+
+def test_mat_forward_loss_gradient_and_step_match_mava_mat():
+    fx = load("mat")
+    n_block, n_head, embed = (int(x) for x in fx["config"][:3])
+    clip_eps, ent_coef, vf_coef, lr, max_grad_norm = (float(x) for x in fx["config"][3:])
+    b = fx["batch"]
+    T, B, A = b["action"].shape
+    args = mm.Args(env_id=f"coordsum-{A}x{b['action_mask'].shape[-1]}", num_envs=B, rollout_length=T,
+                   total_timesteps=B * T, num_evaluations=1, n_block=n_block, n_head=n_head, embed_dim=embed,
+                   layer_size=b["h0"].shape[-1], gru_size=b["h0"].shape[-1], delta=float("inf"), alpha=0.0,
+                   clip_eps=clip_eps, ent_coef=ent_coef, vf_coef=vf_coef, lr=lr, max_grad_norm=max_grad_norm)
+    trainer = mm.make_train(args, mm.make_env(args.env_id))
+    guider = mat_from_authors(fx["params"], n_block)
+    # Forward (the decoder teacher-forced with the actions taken): values and log-probabilities.
+    value, out = trainer.guider_train_pass(guider, mm.Transition(
+        obs=b["obs"], start=b["start"], action_mask=b["action_mask"], action=b["action"], log_prob=None,
+        value=None, reward=None, done=None))
+    log_prob, entropy = mm.log_prob_entropy(mm.mask_logits(out, b["action_mask"], False), b["action"], False)
+    forward = fx["forward"]
+    np.testing.assert_allclose(value, forward["value"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_prob, forward["log_prob"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(entropy, forward["entropy"], rtol=1e-5, atol=1e-6)
+    # The loss: magpo_mat.py's guider terms at --delta inf --alpha 0 against mat.py's _loss_fn.
+    learner = mm.RecurrentNet(b["action_mask"].shape[-1], 0.01, args.layer_size, args.gru_size).init(
+        jax.random.PRNGKey(0), jnp.asarray(b["h0"][:1]), jnp.asarray(b["obs"][0, :1]), jnp.ones((1, A), bool))
+    traj = mm.Transition(obs=b["obs"], start=b["start"], action_mask=b["action_mask"], action=b["action"],
+                         log_prob=b["log_prob"], value=b["value"], reward=np.zeros((T, B), np.float32),
+                         done=np.zeros((T, B), bool))
+    batch = (traj, jnp.asarray(b["h0"]), b["advantage"], b["target"])
+    hp = mm.hparams_from_args(args)
+
+    def guider_total(guider):  # magpo_mat.py's guider loss (Eq. 8-9), the learner's terms left out
+        _, s = trainer.loss(guider, learner, batch, hp)
+        return s["guider_loss"] + s["kl_loss"] - ent_coef * s["entropy"] + vf_coef * s["value_loss"], s
+
+    (total, stats), grad = jax.value_and_grad(guider_total, has_aux=True)(guider)
+    loss = fx["loss"]
+    np.testing.assert_allclose(total, loss["total"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(stats["guider_loss"], loss["actor_loss"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(stats["value_loss"], loss["value_loss"], rtol=LOSS_RTOL)
+    np.testing.assert_allclose(stats["entropy"], loss["entropy"], rtol=LOSS_RTOL)
+    assert stats["kl_loss"] == 0
+    assert_trees_close(grad, mat_from_authors(fx["grads"], n_block), what="MAT gradient")
+    opt = mm.optimiser(lr, max_grad_norm)
+    updates, _ = opt.update(grad, opt.init(guider))
+    assert_trees_close(jax.tree.map(jnp.add, guider, updates), mat_from_authors(fx["params_after"], n_block),
+                       what="MAT after one step")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -446,11 +446,52 @@ def export_envs(out: pathlib.Path):
     np.savez_compressed(out / "environments.npz", **arrays)
 
 
+# ------------------------------------------------------------------------------------------------
+# MAT (Mava's mat.py, the guider of magpo_mat.py): forward outputs, PPO loss, gradients, one step.
+# ------------------------------------------------------------------------------------------------
+def export_mat(out: pathlib.Path):
+    from mava.networks.mat_network import MultiAgentTransformer
+    from mava.systems.mat.anakin import mat
+    from mava.systems.ppo.types import PPOTransition
+    from mava.types import Observation
+
+    n_block, n_head, embed = 2, 2, 16
+    key = jax.random.PRNGKey(21)
+    k = jax.random.split(key, 6)
+    net_config = OmegaConf.create({"n_block": n_block, "n_head": n_head, "embed_dim": embed, "use_rmsnorm": False,
+                                   "use_swiglu": False})
+    network = MultiAgentTransformer(action_dim=ACTIONS, n_agent=A, net_config=net_config, action_space_type="discrete")
+    obs0 = Observation(jnp.zeros((1, A, OBS)), jnp.ones((1, A, ACTIONS), bool))
+    params = perturb(network.init(k[0], obs0, k[1], method="get_actions"), k[2], 0.15)
+    batch = make_batch(k[3])
+    flat = lambda x: jnp.asarray(x).reshape(T * B, *np.shape(x)[2:])  # noqa: E731  MAT sees single timesteps
+    obs = Observation(flat(batch["obs"]), flat(batch["action_mask"]))
+    log_prob, value, entropy = network.apply(params, obs, flat(batch["action"]), k[4])
+    batch["log_prob"] = np.asarray((log_prob + 0.3 * jax.random.normal(k[5], log_prob.shape)).reshape(T, B, A))
+    clip_eps, ent_coef, vf_coef, lr, max_grad_norm = 0.1, 0.01, 0.5, 5e-4, 5.0
+    config = SimpleNamespace(system=SimpleNamespace(clip_eps=clip_eps, ent_coef=ent_coef, vf_coef=vf_coef))
+    loss_fn = nested_function(mat, "_loss_fn", actor_apply_fn=network.apply, config=config)
+    traj = PPOTransition(done=None, action=flat(batch["action"]), value=flat(batch["value"]), reward=None,
+                         log_prob=flat(batch["log_prob"]), obs=obs)
+    (total, (actor_loss, entropy_mean, value_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, traj, flat(batch["advantage"]), flat(batch["target"]), k[4])
+    np.savez_compressed(
+        out / "mat.npz", **{f"batch/{n}": v for n, v in batch.items()}, **flatten(params, "params"),
+        **flatten(grads, "grads"), **flatten(one_adam_step(params, grads, lr, max_grad_norm), "params_after"),
+        **{"forward/log_prob": log_prob.reshape(T, B, A), "forward/value": value.reshape(T, B, A),
+           "forward/entropy": entropy.reshape(T, B, A)},
+        **{"loss/total": total, "loss/actor_loss": actor_loss, "loss/entropy": entropy_mean,
+           "loss/value_loss": value_loss},
+        config=np.array([n_block, n_head, embed, clip_eps, ent_coef, vf_coef, lr, max_grad_norm]))
+    print(f"mat: total {float(total):.6f}")
+
+
 EXPORTS = {
     "magpo": export_magpo,
     "sable_acting": export_sable_acting,
     "ippo": lambda out: export_ppo(out, "rec_ippo"),
     "mappo": lambda out: export_ppo(out, "rec_mappo"),
+    "mat": export_mat,
     "envs": export_envs,
 }
 
