@@ -6,7 +6,7 @@ Reads every runs/*/summary.json (marl-eval's layout, as every script writes it) 
   * tasks.md / tasks.json: per task and algorithm, the mean over seeds of the final score (the absolute
     metric: best parameters over 10x the episodes; the last checkpoint where a run has none) with a 95%
     bootstrap confidence interval over seeds, the steps each seed trained, and the paper's Table 1 figure
-    (../shared/reference/paper_table1.csv: mean ± std over 10 seeds at 20M steps) where it has one;
+    (benchmark/reference/paper_table1.csv: mean ± std over 10 seeds at 20M steps) where it has one;
   * suites.md / suites.json: per suite, the interquartile mean of min-max normalised final scores
     with 95% stratified bootstrap confidence intervals (normalised per task by the lowest and highest
     score any algorithm reached there);
@@ -36,8 +36,7 @@ from rliable import metrics
 # rliable 1.2 hands arch a RandomState, which arch 7.2 accepts with a FutureWarning per bootstrap.
 warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
 PLAIN_NAMES = {"magpo_sable_guider": "sable", "magpo_mat_guider": "mat"}
-PAPER_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference",
-                           "paper_table1.csv")
+PAPER_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference", "paper_table1.csv")
 # Our names -> Table 1's columns: the learners of magpo_sable.py and ctds.py are the paper's MAGPO and CTDS.
 # magpo_mat.py's learner and the guiders have no column there.
 PAPER_NAMES = {"magpo_sable": "magpo", "ctds": "ctds", "ippo": "ippo", "mappo": "mappo", "sable": "sable", "mat": "mat"}

@@ -5,11 +5,14 @@
     python benchmark/run.py magpo_mat coordsum-3x30 --plain                    # plain MAT
     python benchmark/run.py ippo rware-tiny-2ag --total-timesteps 2000000 --num-evaluations 20
     python benchmark/run.py ctds coordsum-3x10 --print-only                   # show the values, run nothing
+    python benchmark/run.py magpo_sable coordsum-8x15 --authors-defaults      # the authors' config values
 
 Values, lowest priority first:
-  1. the script's defaults (the paper's Tables 2-3 and Mava's, ../shared/reference/README.md);
-  2. the paper's tuned row for the task (../shared/reference/paper_hyperparameters.csv), see `row_for`;
-  3. every flag given after the script and the task: the script's own parser reads them, so each of
+  1. the script's defaults (the paper's Tables 2-3 and Mava's, benchmark/reference/README.md);
+  2. the paper's tuned row for the task (benchmark/reference/paper_hyperparameters.csv), see `row_for`;
+  3. with --authors-defaults, what the authors' code ran where it and the paper's tables disagree
+     (see `authors_values`);
+  4. every flag given after the script and the task: the script's own parser reads them, so each of
      its flags works here (`python <script>.py --help` lists them).
 The run goes where the script puts it (runs/<env_id>__<script>__<seed>__<time>/ by default);
 its args.json records every value used, and benchmark.json beside it which row they came from.
@@ -26,7 +29,7 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER_HPARAMS = os.path.join(ROOT, "..", "shared", "reference", "paper_hyperparameters.csv")
+PAPER_HPARAMS = os.path.join(ROOT, "benchmark", "reference", "paper_hyperparameters.csv")
 SCRIPTS = ("ippo", "mappo", "magpo_sable", "magpo_mat", "ctds")
 
 # The paper's hyperparameter columns -> (our flag, the authors' hydra key, type). A script with one
@@ -103,17 +106,43 @@ def paper_values(script: str, env_id: str, plain: bool = False) -> tuple[dict, s
     return values, source
 
 
+# The authors' configs (mava/configs/system/*/*.yaml) where they differ from the paper's Tables 2-3, which are
+# the scripts' defaults: every system ran GAE lambda 0.95 and value coefficient 0.5, not 0.9 and 0.1.
+AUTHORS_CONFIG = {"gae_lambda": 0.95, "vf_coef": 0.5}
+# The single learning rate of the Sable- and MAT-based systems: they read only `actor_lr` (rec_magpo.py,
+# rec_sable.py and mat.py build their optimisers from it), whose default is this.
+AUTHORS_ACTOR_LR = {"magpo_sable": 2.5e-4, "ctds": 2.5e-4, "magpo_mat": 5e-4}
+
+
+def authors_values(script: str, env_id: str, plain: bool = False) -> tuple[dict, str]:
+    """What the authors' code would have run with the paper's row: `paper_values`, then the authors'
+    config values for GAE lambda and the value coefficient, and, for the one-rate scripts, the row's
+    actor_lr or the system's default (the paper's CoordSum rows for MAGPO, Sable and MAT fill only
+    critic_lr, which those systems never read)."""
+    values, source = paper_values(script, env_id, plain)
+    values.update(AUTHORS_CONFIG)
+    if script in AUTHORS_ACTOR_LR:
+        row, _ = row_for(script, env_id, plain)
+        actor_lr = ((row or {}).get("actor_lr") or "").strip()
+        values["lr"] = float(actor_lr) if actor_lr else AUTHORS_ACTOR_LR[script]
+    return values, f"{source}, the authors' config values"
+
+
 def as_flags(values: dict) -> list[str]:
     return [token for name, value in values.items() for token in (f"--{name.replace('_', '-')}", str(value))]
 
 
 def main(argv: list[str] | None = None) -> str | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     usage="python benchmark/run.py SCRIPT ENV_ID [--plain] [--print-only] [script flags ...]")
+                                     usage="python benchmark/run.py SCRIPT ENV_ID [--plain] [--authors-defaults] [--print-only] "
+                                           "[script flags ...]")
     parser.add_argument("script", choices=SCRIPTS)
     parser.add_argument("env_id")
     parser.add_argument("--plain", action="store_true",
                         help="magpo_sable / magpo_mat only: the guider alone, plain Sable / MAT (--delta inf --alpha 0)")
+    parser.add_argument("--authors-defaults", action="store_true",
+                        help="where the authors' code and the paper's tables disagree (GAE lambda, value coefficient, "
+                             "which learning-rate column a one-rate system reads), use what the code ran")
     parser.add_argument("--print-only", action="store_true", help="print the resolved values and run nothing")
     opts, script_flags = parser.parse_known_args(argv)
     if opts.plain and opts.script not in ("magpo_sable", "magpo_mat"):
@@ -123,7 +152,7 @@ def main(argv: list[str] | None = None) -> str | None:
     import tyro
 
     module = importlib.import_module(opts.script)
-    values, source = paper_values(opts.script, opts.env_id, opts.plain)
+    values, source = (authors_values if opts.authors_defaults else paper_values)(opts.script, opts.env_id, opts.plain)
     flags = ["--env-id", opts.env_id, *as_flags(values), *script_flags]
     args = tyro.cli(module.Args, args=flags)  # later flags win: the user's over the paper's
     try:
@@ -136,7 +165,8 @@ def main(argv: list[str] | None = None) -> str | None:
         return None
     run_dir = module.main(args)
     with open(os.path.join(run_dir, "benchmark.json"), "w") as f:
-        json.dump({"script": opts.script, "plain": opts.plain, "env_id": opts.env_id, "paper_source": source,
+        json.dump({"script": opts.script, "plain": opts.plain, "authors_defaults": opts.authors_defaults,
+                   "env_id": opts.env_id, "paper_source": source,
                    "paper_values": {k: str(v) for k, v in values.items()}, "script_flags": script_flags}, f, indent=2)
     return run_dir
 

@@ -15,7 +15,7 @@ throughput (the ceiling) and, where given, the authors' Mava-based systems on th
 (benchmark/run.py --plain), beside the authors' rec_sable and mat.
 
 `--hparams paper` runs every script, and the authors' system beside it, with the paper's tuned
-values for that task (../shared/reference/paper_hyperparameters.csv), where the file has them.
+values for that task (benchmark/reference/paper_hyperparameters.csv), where the file has them.
 
 Every figure comes from its own fresh process (so compile time and peak memory are that run's
 alone), all in one session, and the table goes to stdout and to --out as Markdown and JSON.
@@ -171,7 +171,7 @@ def parse_timings(stdout: str) -> list[tuple[int, float, float]]:
 
 def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int, rollout_length: int,
                     updates: int, intervals: int, timeout: int, hydra_overrides: list[str]) -> dict:
-    """Run the authors' system (patched by ../shared/tools/authors-baseline to print [TIMING] per
+    """Run the authors' system (patched by benchmark/authors/setup.sh to print [TIMING] per
     evaluation interval) at our hyperparameters; report the median steps/s of the intervals after
     the first two (interval 0 compiles; on CoordSum interval 1 recompiles, a weak-type leak). A run
     that does not finish in `timeout` seconds is still a figure: an upper bound on its speed."""
@@ -266,7 +266,7 @@ def main() -> None:
     parser.add_argument("--rollout-length", type=int, default=128)
     parser.add_argument("--updates", type=int, default=3, help="training updates per timed call")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after compilation (median)")
-    parser.add_argument("--authors-src", help="local copy of github liyheng/MAGPO, set up by ../shared/tools/authors-baseline")
+    parser.add_argument("--authors-src", help="local copy of github liyheng/MAGPO, set up by benchmark/authors/setup.sh")
     parser.add_argument("--authors-venv", default="/tmp/authors-venv")
     parser.add_argument("--authors-intervals", type=int, default=4)
     parser.add_argument("--authors-timeout", type=int, default=1800)

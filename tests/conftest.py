@@ -1,7 +1,7 @@
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(ROOT, "..", "shared")
+REFERENCE = os.path.join(ROOT, "benchmark", "reference")  # the paper's tables, the authors' task configs
 
 
 def pytest_configure(config):

@@ -10,7 +10,7 @@ import pytest
 
 import ippo as adapter  # the adapter section; test_consistency.py holds the other copies to it
 
-TASKS_JSON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "reference", "tasks.json")
+TASKS_JSON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark", "reference", "tasks.json")
 
 # One task per suite, with the number of steps each rollout runs (covers the time limit).
 SUITE_TASKS = {

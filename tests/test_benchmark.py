@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import REFERENCE, ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
 import run  # noqa: E402
@@ -15,7 +15,7 @@ import sps  # noqa: E402
 
 
 def paper_row(system, task):
-    with open(os.path.join(SHARED, "reference", "paper_hyperparameters.csv")) as f:
+    with open(os.path.join(REFERENCE, "paper_hyperparameters.csv")) as f:
         return next(r for r in csv.DictReader(f) if r["system_name"] == system and r["task"] == task)
 
 
@@ -49,6 +49,24 @@ def test_rows_for_the_other_scripts():
     values, _ = run.paper_values("ippo", "coordsum-3x10")
     assert values["actor_lr"] == float(paper_row("ippo", "3x10")["actor_lr"]) and "lr" not in values
     assert run.paper_values("ippo", "con-5x5x3a") == ({}, "defaults (no row)")
+
+
+def test_authors_defaults_apply_what_the_authors_code_ran(capsys):
+    # The paper's 8x15 MAGPO row fills only critic_lr (0.001); rec_magpo.py reads actor_lr (default 2.5e-4).
+    paper, _ = run.paper_values("magpo_sable", "coordsum-8x15")
+    authors, source = run.authors_values("magpo_sable", "coordsum-8x15")
+    assert paper["lr"] == float(paper_row("magpo", "8x15")["critic_lr"]) == 0.001
+    assert authors["lr"] == 2.5e-4 and authors["gae_lambda"] == 0.95 and authors["vf_coef"] == 0.5
+    assert {k: v for k, v in authors.items() if k not in ("lr", "gae_lambda", "vf_coef")} == \
+        {k: v for k, v in paper.items() if k != "lr"}
+    assert source == "magpo row, the authors' config values"
+    assert run.authors_values("magpo_mat", "coordsum-3x10")[0]["lr"] == 5e-4  # mat.yaml's actor_lr
+    # IPPO's rows fill both rates, which rec_ippo.py both reads: only lambda and the value coefficient change.
+    ippo_paper, ippo_authors = run.paper_values("ippo", "coordsum-3x10")[0], run.authors_values("ippo", "coordsum-3x10")[0]
+    assert ippo_authors == {**ippo_paper, "gae_lambda": 0.95, "vf_coef": 0.5}
+    run.main(["magpo_sable", "coordsum-8x15", "--authors-defaults", "--print-only"])
+    printed = capsys.readouterr().out
+    assert "--gae-lambda 0.95" in printed and "--vf-coef 0.5" in printed and "--lr 0.00025" in printed
 
 
 def test_an_unknown_env_id_gets_the_scripts_own_message(capsys):

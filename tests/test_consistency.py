@@ -1,4 +1,4 @@
-"""What every algorithm script must share by design (DESIGN.md): the environment adapter, the
+"""What every algorithm script must share by design: the environment adapter, the
 evaluation protocol and the output format. Each script carries its own copy; these tests hold
 the copies together, by text and by running the same inputs through each."""
 import importlib

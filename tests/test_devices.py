@@ -1,4 +1,4 @@
-"""Data parallelism over several devices (DESIGN.md: the environment batch is split over all local
+"""Data parallelism over several devices (the environment batch is split over all local
 devices, gradients averaged across them). CPU stands in for GPUs here: XLA_FLAGS
 --xla_force_host_platform_device_count=2 gives one process two devices, so each check runs in a
 subprocess of its own. There, every script trains one interval twice from the same seeds: once as

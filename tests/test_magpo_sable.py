@@ -220,3 +220,25 @@ def test_continuous_kl_is_the_closed_form_gaussian_kl():
     expected = sum(np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5
                    for m1, s1, m2, s2 in ((0.0, 1.0, 1.0, 2.0), (1.0, 2.0, 1.0, 1.0)))
     np.testing.assert_allclose(ms.distillation_kl(mu, pi, True, "guider-learner"), [expected], rtol=1e-5)
+
+
+@pytest.mark.parametrize("env_id", ["mpe-simple_spread_3ag", "smax-2s3z", "rware-tiny-2ag"])
+def test_sable_reads_the_steps_taken_in_the_episode_on_every_suite(env_id):
+    """Sable's positional encoding sees 0 at an episode's first observation, then 1, 2, ... on every suite
+    (Mava's jaxmarl wrapper gives SMAX and MPE 0, 0, 1, 2, ...: a deliberate difference, README)."""
+    env = ms.make_env(env_id)
+    step = jax.jit(env.step)
+    state, ts = env.reset(jax.random.PRNGKey(0))
+    start, counts = jnp.ones((), bool), []
+    for t in range(env.time_limit + 2):
+        counts.append(int(ms.step_count(ts, start)))
+        if env.continuous:
+            actions = jnp.zeros((env.num_agents, env.num_actions))
+        else:
+            actions = jnp.argmax(ts.action_mask, axis=-1)  # the first legal action
+        state, ts = step(jax.random.PRNGKey(t), state, actions)
+        start = ts.done
+        if ts.done:
+            counts.append(int(ms.step_count(ts, start)))
+            break
+    assert counts[:-1] == list(range(len(counts) - 1)) and counts[-1] == 0  # and 0 again after the end

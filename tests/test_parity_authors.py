@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ctds
 import ippo
 import magpo_mat as mm
 import magpo_sable as ms
@@ -70,7 +71,12 @@ def gru_cell(tree):
 
 def actor_from_authors(tree):
     p = tree["params"]
-    return gru_net(p["pre_torso"]["Dense_0"], p["post_torso"]["Dense_0"], p["action_head"]["Dense_0"], gru_cell(p))
+    head = p["action_head"]
+    if "mean" in head:  # ContinuousActionHead: the Gaussian's mean and its state-independent log_std
+        params = gru_net(p["pre_torso"]["Dense_0"], p["post_torso"]["Dense_0"], head["mean"], gru_cell(p))
+        params["params"]["log_std"] = head["log_std"]
+        return params
+    return gru_net(p["pre_torso"]["Dense_0"], p["post_torso"]["Dense_0"], head["Dense_0"], gru_cell(p))
 
 
 def critic_from_authors(tree):
@@ -211,6 +217,34 @@ def test_sable_acting_matches_get_actions():
     for ours, theirs in zip(state, final):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=LEAF_TOL)
 
+
+def continuous_outputs(module, fx):
+    T, B, A, dim = fx["action"].shape
+    net = module.RecurrentNet(dim, 0.01, fx["h0"].shape[-1], fx["h0"].shape[-1], gaussian_policy=True)
+    start = np.broadcast_to(fx["start"][..., None], (T, B, A))
+    return [module.replay((net,), (actor_from_authors(fx[name]),), (jnp.asarray(fx["h0"]),), (fx["obs"],),
+                          start)[1][0] for name in ("params", "other")]
+
+
+@pytest.mark.parametrize("module", [ippo, mappo, ms, ctds, mm])
+def test_continuous_head_log_prob_matches_mava(module):
+    """MPE's actor head, Mava's ContinuousActionHead: a Gaussian with scale softplus(log_std) + 1e-3,
+    squashed by tanh. This project stores the action before the tanh, so it is compared at
+    arctanh(action), with actions inside Mava's clipping threshold of 0.999 (beyond it Mava uses the
+    tail mass instead: README, "How this follows the authors' code")."""
+    fx = load("continuous_head")
+    policy, _ = continuous_outputs(module, fx)
+    log_prob, _ = module.log_prob_entropy(policy, jnp.arctanh(jnp.asarray(fx["action"], jnp.float32)), True)
+    np.testing.assert_allclose(log_prob, fx["log_prob"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("module", [ms, ctds, mm])
+def test_continuous_kl_matches_mava(module):
+    """The KL between two such heads, as MAGPO's distillation and guider terms use it (the tanh is a
+    bijection, so both sides take the pre-tanh Gaussians' KL)."""
+    fx = load("continuous_head")
+    policy, other = continuous_outputs(module, fx)
+    np.testing.assert_allclose(module.kl_divergence(policy, other, True), fx["kl"].sum(-1), rtol=1e-5, atol=1e-6)
 
 # --------------------------------------------------------------------------------------------------
 # rec_ippo.py / rec_mappo.py: actor and critic losses, gradients, one step, GAE.

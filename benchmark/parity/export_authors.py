@@ -46,6 +46,7 @@ def check_commit(src: pathlib.Path):
 import jax  # noqa: E402  (after the commit check's imports, so a wrong venv fails on jax, not on mava)
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
+import tensorflow_probability.substrates.jax.distributions as tfd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 
@@ -486,12 +487,43 @@ def export_mat(out: pathlib.Path):
     print(f"mat: total {float(total):.6f}")
 
 
+# ------------------------------------------------------------------------------------------------
+# The continuous (MPE) actor head: Mava's ContinuousActionHead in a RecurrentActor, log-probabilities of
+# squashed actions and its KL (the term MAGPO's distillation uses).
+# ------------------------------------------------------------------------------------------------
+def export_continuous_head(out: pathlib.Path):
+    from mava.networks import RecurrentActor
+    from mava.networks.heads import ContinuousActionHead
+    from mava.networks.torsos import MLPTorso
+    from mava.types import Observation
+
+    dim = 2
+    key = jax.random.PRNGKey(31)
+    k = jax.random.split(key, 6)
+    actor = RecurrentActor(MLPTorso([HIDDEN]), MLPTorso([HIDDEN]), ContinuousActionHead(dim), HIDDEN)
+    batch = make_batch(k[0])
+    obs = Observation(batch["obs"], np.ones((T, B, A, dim), bool))
+    done = np.broadcast_to(batch["start"][..., None], (T, B, A))
+    params = [perturb(actor.init(kk, jnp.zeros((B, A, HIDDEN)), (obs, done)), jax.random.fold_in(kk, 1), 0.3)
+              for kk in k[1:3]]
+    _, policy = actor.apply(params[0], jnp.asarray(batch["h0"]), (obs, done))
+    _, other = actor.apply(params[1], jnp.asarray(batch["h0"]), (obs, done))
+    action = 0.95 * jnp.tanh(jax.random.normal(k[3], (T, B, A, dim)))  # inside (-0.999, 0.999)
+    kl = tfd.kl_divergence(policy.distribution, other.distribution) if hasattr(policy, "distribution") else \
+        tfd.kl_divergence(policy, other)
+    np.savez_compressed(out / "continuous_head.npz", **flatten(params[0], "params"), **flatten(params[1], "other"),
+                        obs=batch["obs"], start=batch["start"], h0=batch["h0"], action=np.asarray(action),
+                        log_prob=np.asarray(policy.log_prob(action)), kl=np.asarray(kl))
+    print(f"continuous_head: mean log-prob {float(jnp.mean(policy.log_prob(action))):.4f}")
+
+
 EXPORTS = {
     "magpo": export_magpo,
     "sable_acting": export_sable_acting,
     "ippo": lambda out: export_ppo(out, "rec_ippo"),
     "mappo": lambda out: export_ppo(out, "rec_mappo"),
     "mat": export_mat,
+    "continuous_head": export_continuous_head,
     "envs": export_envs,
 }
 
