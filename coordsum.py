@@ -53,7 +53,8 @@ class CoordSum:
     def __init__(self, num_agents: int, num_actions: int, maxval: int | None = None,
                  time_limit: int = TIME_LIMIT, row_per_target: bool = False):
         if num_agents < 1 or num_actions < 2:
-            raise ValueError(f"CoordSum needs num_agents >= 1 and num_actions >= 2, got {num_agents}x{num_actions}")
+            raise ValueError(
+                f"CoordSum needs num_agents >= 1 and num_actions >= 2, got {num_agents}x{num_actions}")
         self.num_agents = num_agents
         self.num_actions = num_actions
         # The paper's text says the largest target defaults to num_actions - 1 (so maxval = num_actions).
@@ -101,7 +102,8 @@ def parse_task(task: str) -> tuple[int, int, int]:
     try:
         num_agents, num_actions = (int(x) for x in task.split("x"))
     except ValueError:
-        raise ValueError(f"CoordSum task must look like '<agents>x<actions>' (e.g. 3x10), got {task!r}") from None
+        raise ValueError(
+            f"CoordSum task must look like '<agents>x<actions>' (e.g. 3x10), got {task!r}") from None
     return num_agents, num_actions, TASK_MAXVAL.get(task, num_actions)
 
 
@@ -121,7 +123,8 @@ def success_rate_joint(joint_policy: dict[tuple[int, ...], float], target: int) 
     return sum(prob for joint, prob in joint_policy.items() if sum(joint) == target)
 
 
-def distil_marginals(joint_policy: dict[tuple[int, ...], float], num_agents: int, num_actions: int) -> list[np.ndarray]:
+def distil_marginals(joint_policy: dict[tuple[int, ...], float], num_agents: int,
+                     num_actions: int) -> list[np.ndarray]:
     """What a KL-distilled decentralised student converges to: each agent's marginal of the joint
     policy (the minimiser of KL(teacher || student) over product distributions)."""
     marginals = [np.zeros(num_actions) for _ in range(num_agents)]

@@ -39,6 +39,7 @@ import difflib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -55,7 +56,6 @@ import tyro
 from flax import serialization
 from flax.linen.initializers import constant, orthogonal
 
-import coordsum
 
 ALGORITHM = "ctds"
 
@@ -63,9 +63,11 @@ ALGORITHM = "ctds"
 @dataclass
 class Args:
     env_id: str = "rware-tiny-2ag"
-    """environment id `<suite>-<task>`, e.g. rware-tiny-2ag, lbf-2s-8x8-2p-2f-coop, con-5x5x3a, mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10"""
+    """environment id `<suite>-<task>`, e.g. rware-tiny-2ag, lbf-2s-8x8-2p-2f-coop, con-5x5x3a,
+    mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10"""
     seed: int = 0
-    """seed of the first run; the i-th of --num-seeds runs uses seed + i, so it equals a single run with that seed"""
+    """seed of the first run; the i-th of --num-seeds runs uses seed + i, so it equals a single run with that
+    seed"""
     num_seeds: int = 1
     """independent runs trained together in one compiled program (vmapped)"""
     total_timesteps: int = 20_000_000
@@ -77,7 +79,8 @@ class Args:
     num_evaluations: int = 122
     """evenly spaced evaluation checkpoints over training"""
     num_eval_episodes: int = 32
-    """episodes per checkpoint, for the student and for the teacher; the final absolute metric uses 10x as many with the best parameters"""
+    """episodes per checkpoint, for the student and for the teacher; the final absolute metric uses 10x as
+    many with the best parameters"""
     evaluation_greedy: bool = False
     """evaluate with the most likely action instead of a sampled one"""
     track: bool = False
@@ -87,7 +90,8 @@ class Args:
     wandb_entity: str | None = None
     """wandb entity (team or user)"""
     save_model: bool = False
-    """write the final and the best parameters of student and teacher as flax msgpack into the run directory"""
+    """write the final and the best parameters of student and teacher as flax msgpack into the run
+    directory"""
     output_dir: str = "runs"
     """where run directories are created"""
     distributed: bool = False
@@ -96,7 +100,8 @@ class Args:
     devices and process 0 writes the outputs"""
 
     kl_direction: Literal["guider-learner", "learner-guider"] = "guider-learner"
-    """student's loss: KL(teacher || student) as the authors' MAGPO code computes its distillation term, or KL(student || teacher)"""
+    """student's loss: KL(teacher || student) as the authors' MAGPO code computes its distillation term, or
+    KL(student || teacher)"""
     shuffle_agents: bool = True
     """train the teacher on a random agent order per epoch (as Sable does); acting uses 0..n-1"""
     ppo_epochs: int = 4
@@ -126,7 +131,8 @@ class Args:
     decay_scaling_factor: float = 0.8
     """teacher: multiplies every head's decay rate kappa, in (0, 1]; smaller forgets the past faster"""
     chunk_size: int | None = None
-    """teacher training: timesteps per retention chunk (divides --rollout-length); default the whole rollout"""
+    """teacher training: timesteps per retention chunk (divides --rollout-length); default the whole
+    rollout"""
     layer_size: int = 128
     """student: width of the dense layer before and after the GRU"""
     gru_size: int = 128
@@ -143,37 +149,1088 @@ def hparams_from_args(args: Args) -> dict[str, jax.Array]:
 
 
 # =============================================================================================
+# Networks: the learner = the student (the GRU actor of ippo.py) and the guider = the teacher (Sable)
+# =============================================================================================
+# Learner network and distributions (identical in every script; tests/test_consistency.py holds them together)
+def stacked_orthogonal(key, shape, dtype=jnp.float32):
+    """[H, k*H] kernel of k independent orthogonal [H, H] blocks: flax's GRUCell initialises each
+    gate's recurrent kernel this way, and the fused kernel below keeps that."""
+    keys = jax.random.split(key, shape[1] // shape[0])
+    return jnp.concatenate([orthogonal()(k, (shape[0], shape[0]), dtype) for k in keys], axis=-1)
+
+
+class RecurrentNet(nn.Module):
+    """Dense -> GRU -> Dense with ReLU, then a linear head (the paper's Table 3 network): logits or a
+    Gaussian's mean for an actor, a value for a critic. The GRU state is zeroed where an episode starts
+    (`start`, before this step's input). `__call__` is one time step, as acting needs; `replay` runs
+    `embed` and `head` on all steps at once and only `recur` step by step. The GRU is flax's GRUCell
+    with its three gates' kernels fused (tests/test_ppo.py checks it against nn.GRUCell)."""
+
+    out_size: int
+    out_scale: float  # orthogonal init scale of the head: 0.01 for a policy, 1.0 for a value
+    layer_size: int
+    gru_size: int
+    gaussian_policy: bool = False  # add a state-independent log-std (MPE's continuous actions)
+
+    def setup(self):
+        def dense(size, scale):
+            return nn.Dense(size, kernel_init=orthogonal(scale), bias_init=constant(0.0))
+
+        self.pre_torso, self.post_torso = (
+            dense(self.layer_size, np.sqrt(2)),
+            dense(self.layer_size, np.sqrt(2)),
+        )
+        self.output = dense(self.out_size, self.out_scale)
+        # GRUCell's parameters, gates side by side in the order reset, update, candidate (r, z, n).
+        self.gru_input = nn.Dense(3 * self.gru_size, bias_init=constant(0.0))  # W_i[rzn] x + b_i[rzn]
+        self.gru_hidden = nn.Dense(3 * self.gru_size, use_bias=False,
+                                   kernel_init=stacked_orthogonal)  # W_h[rzn] h
+        self.gru_hidden_bias_n = self.param("gru_hidden_bias_n", constant(0.0), (self.gru_size,))  # b_hn
+        if self.gaussian_policy:
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.out_size,))
+
+    def __call__(self, h, x, start):
+        h, y = self.recur(h, self.embed(x), start)
+        return h, self.head(y)
+
+    def embed(self, x):
+        return self.gru_input(nn.relu(self.pre_torso(x)))
+
+    def recur(self, h, gru_in, start):
+        h = jnp.where(start[..., None], jnp.zeros_like(h), h)
+        in_r, in_z, in_n = jnp.split(gru_in, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(self.gru_hidden(h), 3, axis=-1)
+        r, z = nn.sigmoid(in_r + h_r), nn.sigmoid(in_z + h_z)
+        n = jnp.tanh(in_n + r * (h_n + self.gru_hidden_bias_n))
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    def head(self, y):
+        out = self.output(nn.relu(self.post_torso(y)))
+        return (out, jnp.broadcast_to(self.log_std, out.shape)) if self.gaussian_policy else out
+
+
+def replay(nets, params, hs, xs, start):
+    """Run recurrent nets over [T, ...] sequences: `embed` and `head` on all steps at once, as 2-d
+    [steps, features] matmuls, and the GRUs side by side in one scan over time, so that the scan does
+    as little per step as it can (README, "Where the time goes"). Returns the final GRU states and
+    each net's outputs for every step."""
+
+    def on_all_steps(fn, x):  # [..., F] -> fn on [N, F] -> [..., F']
+        y = fn(x.reshape(-1, x.shape[-1]))
+        return jax.tree.map(lambda v: v.reshape(x.shape[:-1] + v.shape[-1:]), y)
+
+    gru_ins = [
+        on_all_steps(lambda v: net.apply(p, v, method="embed"), x) for net, p, x in zip(nets, params, xs)
+    ]
+
+    def one_step(hs, inputs):
+        *gru_ins_t, start_t = inputs
+        steps = [
+            net.apply(p, h, g, start_t, method="recur") for net, p, h, g in zip(nets, params, hs, gru_ins_t)
+        ]
+        return tuple(h for h, _ in steps), tuple(y for _, y in steps)
+
+    # Checkpointed: the backward pass recomputes each step's gates, cheaper on a CPU than saving them.
+    hs, ys = jax.lax.scan(jax.checkpoint(one_step), tuple(hs), (*gru_ins, start))
+    return hs, tuple(
+        on_all_steps(lambda v: net.apply(p, v, method="head"), y) for net, p, y in zip(nets, params, ys)
+    )
+
+
+# A large finite number rather than -inf: masked actions get probability 0 and entropy stays finite.
+MASKED_LOGIT = -1e9
+
+
+def mask_logits(out, action_mask, continuous: bool):
+    """Discrete heads: masked actions get MASKED_LOGIT; continuous heads pass through."""
+    return out if continuous else jnp.where(action_mask, out, MASKED_LOGIT)
+
+
+def policy_distribution(pi, continuous: bool) -> distrax.Distribution:
+    """Discrete: masked categorical. Continuous: Gaussian over the *pre-tanh* action with scale
+    softplus(log_std) + 1e-3 (Mava's parameterisation and name); the tanh squashing is applied on the
+    way to the environment and its log-det in `log_prob_entropy`."""
+    if continuous:
+        loc, log_std = pi
+        return distrax.MultivariateNormalDiag(loc, jax.nn.softplus(log_std) + 1e-3)
+    return distrax.Categorical(logits=pi)
+
+
+def tanh_log_det(raw: jax.Array) -> jax.Array:
+    """sum log |d tanh(x)/dx| = sum log(1 - tanh(x)^2), in a form that is stable for large |x|."""
+    return jnp.sum(2.0 * (jnp.log(2.0) - raw - jax.nn.softplus(-2.0 * raw)), axis=-1)
+
+
+def action_log_prob(dist: distrax.Distribution, action: jax.Array, continuous: bool) -> jax.Array:
+    """log pi(a); for the tanh-squashed Gaussian, of the squashed action (change of variables)."""
+    log_prob = dist.log_prob(action)
+    return log_prob - tanh_log_det(action) if continuous else log_prob
+
+
+def sample_action(key, pi, continuous: bool, greedy=False):
+    """Returns (stored action, log-probability, action for the environment). Continuous actions
+    are stored before the tanh, so that their log-probability needs no atanh later."""
+    dist = policy_distribution(pi, continuous)
+    action = dist.mode() if greedy else dist.sample(seed=key)
+    return action, action_log_prob(dist, action, continuous), jnp.tanh(action) if continuous else action
+
+
+def log_prob_entropy(pi, action, continuous: bool):
+    """Log-probability of stored actions and the policy's entropy (of the pre-tanh Gaussian where
+    continuous: the squashed one has no closed form, and the two differ by the expected log-det)."""
+    dist = policy_distribution(pi, continuous)
+    return action_log_prob(dist, action, continuous), dist.entropy()
+# End of the learner network and distributions.
+
+
+def kl_divergence(pi_p, pi_q, continuous: bool) -> jax.Array:
+    """KL(p || q) per agent. For the tanh-squashed Gaussians that of the pre-tanh Gaussians: a
+    bijection leaves the KL unchanged."""
+    return policy_distribution(pi_p, continuous).kl_divergence(policy_distribution(pi_q, continuous))
+
+
+# ---------------------------------------------------------------------------------------------
+# The guider (teacher): Sable (Mahjoub et al. 2024), as the authors' code uses it
+# (mava/networks/sable_network.py,
+# mava/networks/retention.py). Tokens are (timestep, agent) pairs in the order t * n_agents + agent.
+# Retention keeps, per head, a state S (head_size x head_size) that decays by kappa once per
+# environment step and restarts with each episode:  S_t = kappa S_{t-1} + sum_tokens k^T v,
+# out = q S_t. The encoder lets a token see every agent of its own timestep; the decoder only the
+# agents before it (and itself), which makes it auto-regressive over agents.
+# Three forms compute the same thing: step by step (acting), one chunk over a whole sequence
+# (parallel), and a scan over chunks carrying S (chunkwise; training, `--chunk-size`).
+# ---------------------------------------------------------------------------------------------
+def decay_rates(n_head: int, decay_scaling_factor: float) -> np.ndarray:
+    """kappa per head: 1 - 1/32 ... 1 - 1/512, log-spaced (RetNet's multi-scale decay), times the factor."""
+    return (1.0 - np.exp(np.linspace(np.log(1 / 32), np.log(1 / 512), n_head))) * decay_scaling_factor
+
+
+def positional_encoding(step: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal encoding of the environment step count: sin on even features, cos on odd ones."""
+    angle = step[..., None].astype(jnp.float32) * jnp.exp(jnp.arange(0, dim, 2) * (-np.log(10000.0) / dim))
+    return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(*step.shape, -1)[..., :dim]
+
+
+def retention_step(q, k, v, state, decay):
+    """Recurrent form for the tokens of one step. q, k, v [B, n, H, d]; state [B, H, d, d]; decay [B, H]
+    multiplies the state first (kappa at a new timestep, 0 where an episode starts, 1 for a later
+    agent of the same timestep). Every token sees the updated state, its own step's tokens included."""
+    state = state * decay[..., None, None] + jnp.einsum("bnhd,bnhe->bhde", k, v)
+    return jnp.einsum("bnhd,bhde->bnhe", q, state), state
+
+
+def retention_chunk(q, k, v, state, kappa, start, n_agents: int, causal: bool):
+    """Chunkwise form over C timesteps of n_agents tokens each (L = C * n_agents).
+    q, k, v [B, L, H, d]; state [B, H, d, d] before the chunk; kappa [H]; start [B, C] (the timestep
+    opens an episode). Token i retains token j with weight kappa^(t_i - t_j) when t_j <= t_i, both lie
+    in the same episode and (decoder, `causal`) j <= i; the state from before the chunk enters with
+    kappa^(t_i + 1) until the chunk's first episode start."""
+    length = q.shape[1]
+    time = jnp.arange(length) // n_agents
+    episode = jnp.repeat(jnp.cumsum(start, axis=1), n_agents, axis=1)  # [B, L] episodes begun in this chunk
+    gap = time[:, None] - time[None, :]
+    allowed = (gap >= 0)[None] & (episode[:, :, None] == episode[:, None, :])
+    if causal:
+        allowed &= jnp.tril(jnp.ones((length, length), bool))[None]
+    log_kappa = jnp.log(kappa)[None, :, None, None]
+    # [B, H, L, L]
+    decay = jnp.where(allowed[:, None], jnp.exp(jnp.maximum(gap, 0)[None, None] * log_kappa), 0.0)
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, L, d]: plain batched matmuls (fast on CPU)
+    inner = ((q @ jnp.swapaxes(k, -1, -2)) * decay) @ v
+    xi = jnp.where(
+        (episode == 0)[:, None, :, None], jnp.exp((time + 1)[None, None, :, None] * log_kappa), 0.0
+    )
+    cross = (q @ state) * xi  # xi [B, H, L, 1]
+    # The state after the chunk: every token weighted as the chunk's last token retains it.
+    carried = (
+        state
+        * (kappa ** (length // n_agents))[None, :, None, None]
+        * (episode[:, -1] == 0)[:, None, None, None]
+    )
+    state = jnp.swapaxes(k, -1, -2) @ (v * decay[:, :, -1, :, None]) + carried
+    return jnp.swapaxes(inner + cross, 1, 2), state
+
+
+class Retention(nn.Module):
+    """Multi-scale retention: positional encoding added to key, query and value inputs; one decay
+    rate per head; each head's output normalised; gated by swish(key W_g), projected by W_o."""
+
+    embed_dim: int
+    n_head: int
+    kappa: tuple  # decay rate per head
+    causal: bool  # decoder: a token retains only tokens up to itself
+
+    def setup(self):
+        init = nn.initializers.normal(stddev=1.0 / self.embed_dim)
+        shape = (self.embed_dim, self.embed_dim)
+        self.w_q = self.param("w_q", init, shape)
+        self.w_k = self.param("w_k", init, shape)
+        self.w_v = self.param("w_v", init, shape)
+        self.w_g = self.param("w_g", init, shape)
+        self.w_o = self.param("w_o", init, shape)
+        # Sable normalises each head's output as rows of head_size features in n_head groups.
+        self.head_norm = nn.GroupNorm(num_groups=self.n_head)
+
+    def __call__(self, key_in, query_in, value_in, step, state, reset, n_agents=None):
+        """Inputs are flat tokens [B * L, embed] (see `Sable`); step [B, L] gives the shape.
+        `n_agents` None: one step (`reset` = decay [B, H]); else a chunk (`reset` = start [B, C])."""
+        pe = positional_encoding(step.reshape(-1), self.embed_dim)
+        key_in, query_in, value_in = key_in + pe, query_in + pe, value_in + pe
+
+        def heads(x, w):
+            return (x @ w).reshape(*step.shape, self.n_head, self.embed_dim // self.n_head)
+
+        q, k, v = heads(query_in, self.w_q), heads(key_in, self.w_k), heads(value_in, self.w_v)
+        if n_agents is None:
+            out, state = retention_step(q, k, v, state, reset)
+        else:
+            out, state = retention_chunk(
+                q, k, v, state, jnp.asarray(self.kappa, jnp.float32), reset, n_agents, self.causal
+            )
+        out = self.head_norm(out.reshape(-1, self.embed_dim // self.n_head)).reshape(key_in.shape)  # per head
+        return (jax.nn.swish(key_in @ self.w_g) * out) @ self.w_o, state
+
+
+# Sable's blocks end in a SwiGLU feed-forward whose three matrices are all zero-initialised: its
+# output and every gradient reaching it are zero, so it stays a no-op through training. It is left
+# out here; the layer norm that follows it is kept, so the function computed is the same.
+class EncoderBlock(nn.Module):
+    embed_dim: int
+    n_head: int
+    kappa: tuple
+
+    def setup(self):
+        self.retention = Retention(self.embed_dim, self.n_head, self.kappa, causal=False)
+        self.norm1, self.norm2 = nn.RMSNorm(), nn.RMSNorm()
+
+    def __call__(self, x, step, state, reset, n_agents=None):
+        out, state = self.retention(x, x, x, step, state, reset, n_agents)
+        return self.norm2(self.norm1(x + out)), state
+
+
+class DecoderBlock(nn.Module):
+    embed_dim: int
+    n_head: int
+    kappa: tuple
+
+    def setup(self):
+        self.self_retention = Retention(self.embed_dim, self.n_head, self.kappa, causal=True)
+        self.cross_retention = Retention(self.embed_dim, self.n_head, self.kappa, causal=True)
+        self.norm1, self.norm2, self.norm3 = nn.RMSNorm(), nn.RMSNorm(), nn.RMSNorm()
+
+    def __call__(self, x, obs_rep, step, states, reset, n_agents=None):
+        self_state, cross_state = states
+        out, self_state = self.self_retention(x, x, x, step, self_state, reset, n_agents)
+        x = self.norm1(x + out)
+        # Cross-retention: the encoder's observation representation queries the actions so far.
+        out, cross_state = self.cross_retention(x, obs_rep, x, step, cross_state, reset, n_agents)
+        return self.norm3(self.norm2(obs_rep + out)), (self_state, cross_state)
+
+
+class GuiderState(NamedTuple):
+    """Retention states [B, n_block, n_head, head_size, head_size] of the three retentions."""
+
+    encoder: jax.Array
+    decoder_self: jax.Array
+    decoder_cross: jax.Array
+
+
+class Sable(nn.Module):
+    num_actions: int
+    continuous: bool
+    n_block: int
+    n_head: int
+    embed_dim: int
+    decay_scaling_factor: float
+
+    def setup(self):
+        kappa = tuple(float(x) for x in decay_rates(self.n_head, self.decay_scaling_factor))
+        blocks = range(self.n_block)
+        self.obs_norm = nn.RMSNorm()
+        self.obs_embed = nn.Dense(self.embed_dim, use_bias=False, kernel_init=orthogonal(np.sqrt(2)))
+        self.block_norm = nn.RMSNorm()  # before every encoder block (one norm shared, as in Sable)
+        self.encoder_blocks = [EncoderBlock(self.embed_dim, self.n_head, kappa) for _ in blocks]
+        self.value_hidden = nn.Dense(self.embed_dim, kernel_init=orthogonal(np.sqrt(2)))
+        self.value_norm = nn.RMSNorm()
+        self.value_out = nn.Dense(1, kernel_init=orthogonal(0.01))
+        self.action_embed = nn.Dense(
+            self.embed_dim, use_bias=self.continuous, kernel_init=orthogonal(np.sqrt(2))
+        )
+        self.action_norm = nn.RMSNorm()
+        self.decoder_blocks = [DecoderBlock(self.embed_dim, self.n_head, kappa) for _ in blocks]
+        self.policy_hidden = nn.Dense(self.embed_dim, kernel_init=orthogonal(np.sqrt(2)))
+        self.policy_norm = nn.RMSNorm()
+        self.policy_out = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01))
+        if self.continuous:
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
+
+    # Between retentions the tokens travel flat, [B * tokens, features]: XLA:CPU computes the dense
+    # layers' weight gradients of a 3-d [B, tokens, features] input through slow transposes (3x slower).
+    def encode(self, obs, step, state, reset, n_agents=None):
+        """Observations [B, tokens, obs_dim] -> (value [B, tokens], representation, encoder state)."""
+        x = nn.gelu(self.obs_embed(self.obs_norm(obs.reshape(-1, obs.shape[-1]))))
+        new_state = []
+        for i, block in enumerate(self.encoder_blocks):
+            x, s = block(self.block_norm(x), step, state[:, i], reset, n_agents)
+            new_state.append(s)
+        value = self.value_out(self.value_norm(nn.gelu(self.value_hidden(x))))
+        return value.reshape(step.shape), x.reshape(*step.shape, -1), jnp.stack(new_state, axis=1)
+
+    def decode(self, action_in, obs_rep, step, states, reset, n_agents=None):
+        """Previous agents' actions [B, tokens, action_in] and obs representation -> policy outputs."""
+        x = self.action_norm(nn.gelu(self.action_embed(action_in.reshape(-1, action_in.shape[-1]))))
+        obs_rep = obs_rep.reshape(x.shape)
+        self_states, cross_states = [], []
+        for i, block in enumerate(self.decoder_blocks):
+            x, (s, c) = block(x, obs_rep, step, (states[0][:, i], states[1][:, i]), reset, n_agents)
+            self_states.append(s)
+            cross_states.append(c)
+        out = self.policy_out(self.policy_norm(nn.gelu(self.policy_hidden(x)))).reshape(*step.shape, -1)
+        if self.continuous:
+            out = (out, jnp.broadcast_to(self.log_std, out.shape))
+        return out, (jnp.stack(self_states, axis=1), jnp.stack(cross_states, axis=1))
+
+    def __call__(self, obs, action_in, step, state: GuiderState, start, n_agents: int):
+        """Parallel form over one chunk of tokens (training): the decoder is teacher-forced with the
+        actions taken. start [B, C] marks timesteps that open an episode."""
+        value, obs_rep, encoder = self.encode(obs, step, state.encoder, start, n_agents)
+        out, decoder = self.decode(action_in, obs_rep, step, (state.decoder_self, state.decoder_cross), start,
+                                   n_agents)
+        return value, out, GuiderState(encoder, *decoder)
+
+
+def action_token(action, num_actions: int, continuous: bool):
+    """Decoder input carrying an agent's action to the next agent: one-hot with a leading
+    start channel (discrete), the squashed action (continuous)."""
+    return jnp.tanh(action) if continuous else jax.nn.one_hot(action + 1, num_actions + 1)
+
+
+def start_token(shape, num_actions: int, continuous: bool):
+    """Decoder input of the first agent of every timestep."""
+    if continuous:
+        return jnp.zeros((*shape, num_actions))
+    return jnp.zeros((*shape, num_actions + 1)).at[..., 0].set(1.0)
+
+
+def decoder_inputs(action, num_actions: int, continuous: bool):
+    """Teacher forcing: actions [..., agents(, dim)] -> each agent's decoder input, the previous
+    agent's action at the same timestep (the start token for agent 0)."""
+    previous = action_token(action[..., :-1, :] if continuous else action[..., :-1], num_actions, continuous)
+    first = start_token(previous.shape[:-2] + (1,), num_actions, continuous)
+    return jnp.concatenate([first, previous], axis=-2)
+
+
+# =============================================================================================
+# Losses (pure functions on arrays; tests check them on hand-made inputs)
+# =============================================================================================
+def gae(rewards, values, dones, last_value, gamma, gae_lambda):
+    """Generalised advantage estimation, backwards over time (axis 0). `dones[t]` ends the episode
+    at transition t: the authors' Mava code bootstraps nothing past it, time limits included."""
+
+    def backwards(carry, x):
+        next_advantage, next_value = carry
+        reward, value, done = x
+        not_done = 1.0 - done.astype(jnp.float32)
+        delta = reward + gamma * next_value * not_done - value
+        advantage = delta + gamma * gae_lambda * not_done * next_advantage
+        return (advantage, value), advantage
+
+    _, advantages = jax.lax.scan(
+        backwards, (jnp.zeros_like(last_value), last_value), (rewards, values, dones), reverse=True
+    )
+    return advantages, advantages + values
+
+
+def ppo_actor_loss(log_prob, old_log_prob, advantage, clip_eps):
+    """Clipped surrogate objective (to minimise) with per-minibatch advantage normalisation."""
+    advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+    ratio = jnp.exp(log_prob - old_log_prob)
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return -jnp.minimum(ratio * advantage, clipped * advantage).mean()
+
+
+def ppo_value_loss(value, old_value, target, clip_eps):
+    """Clipped value loss: the larger of the plain and the clipped squared errors, halved."""
+    clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+    return 0.5 * jnp.maximum(jnp.square(value - target), jnp.square(clipped - target)).mean()
+
+
+
+def distillation_kl(pi_guider, pi_learner, continuous: bool, direction: str) -> jax.Array:
+    """The student's imitation term per agent, the teacher held fixed: KL(teacher || student) by
+    default (as the authors' MAGPO code distils), KL(student || teacher) with `learner-guider`."""
+    pi_guider = jax.lax.stop_gradient(pi_guider)
+    if direction == "guider-learner":
+        return kl_divergence(pi_guider, pi_learner, continuous)
+    return kl_divergence(pi_learner, pi_guider, continuous)
+
+
+def teacher_loss(
+    log_prob, old_log_prob, advantage, value, old_value, target, entropy, clip_eps, ent_coef, vf_coef
+):
+    """Plain Sable PPO (to minimise): clipped surrogate with r = mu / mu_old, minus the entropy bonus,
+    plus the clipped value loss. Returns (total, surrogate, value loss)."""
+    surrogate = ppo_actor_loss(log_prob, old_log_prob, advantage, clip_eps)
+    value_loss = ppo_value_loss(value, old_value, target, clip_eps)
+    return surrogate - ent_coef * entropy.mean() + vf_coef * value_loss, surrogate, value_loss
+
+
+def student_loss(distill_kl):
+    """The student learns by imitation alone: the mean KL to the teacher, no RL term (lambda = 0)."""
+    return distill_kl.mean()
+
+
+# =============================================================================================
+# Training
+# =============================================================================================
+class Transition(NamedTuple):
+    obs: jax.Array  # [T, E, A, obs_dim]
+    step: jax.Array  # [T, E] environment step count of the observation (Sable's positional encoding)
+    start: jax.Array  # [T, E] the observation opens an episode (recurrent states reset)
+    action_mask: jax.Array
+    action: jax.Array
+    log_prob: jax.Array  # [T, E, A] the teacher's, i.e. the behaviour policy's (mu_old)
+    value: jax.Array  # [T, E, A] the teacher's
+    reward: jax.Array  # [T, E]
+    done: jax.Array  # [T, E]
+
+
+class RunnerState(NamedTuple):
+    guider_params: dict
+    actor_params: dict  # the student's
+    guider_opt_state: optax.OptState
+    actor_opt_state: optax.OptState
+    env_state: object
+    timestep: TimeStep
+    start: jax.Array  # [E] bool
+    guider_state: GuiderState  # [E, ...]
+    actor_h: jax.Array  # [E, A, gru]
+    key: jax.Array
+    best_score: jax.Array  # the student's best evaluation score so far, and its parameters then
+    best_actor_params: dict
+    best_guider_score: jax.Array  # the same for the teacher
+    best_guider_params: dict
+
+
+# what gradient steps change
+TRAINED = ("guider_params", "actor_params", "guider_opt_state", "actor_opt_state")
+
+
+class Trainer(NamedTuple):
+    init: Callable  # init(key, hp) -> RunnerState
+    update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its epochs
+    learn: Callable  # learn(runner, hp) -> (runner, metrics): an interval of updates, then evaluation
+    evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics of the student
+    evaluate_guider: Callable  # evaluate_guider(guider_params, key, num_episodes) -> the teacher's
+    train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
+    num_updates_per_eval: int
+    # Pieces, exposed for tests:
+    rollout: Callable  # rollout(runner) -> (runner, trajectory, last value, episode ends)
+    loss: Callable  # loss(guider_params, actor_params, batch, hp) -> (total, stats)
+    guider_train_pass: Callable  # Guider.train_pass
+    guider_act: Callable  # Guider.act
+
+
+def optimiser(lr, max_grad_norm):
+    """Clip by global gradient norm, then Adam with eps 1e-5 (the authors' optimiser)."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+def make_env_sharding() -> Callable:
+    """Data parallelism over all devices: `shard_envs(tree, env_axis)` splits every array's
+    environment axis across them (a no-op on one device). XLA's partitioner then runs each device's
+    environments and sequences locally and sums the gradients of the mean losses with an all-reduce,
+    so the result is the single-device one up to the order of floating-point sums."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return lambda tree, env_axis=0: tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("envs",))
+
+    def shard_envs(tree, env_axis=0):
+        def constrain(x):
+            spec = jax.sharding.PartitionSpec(*([None] * env_axis + ["envs"]))
+            return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+        return jax.tree.map(constrain, tree)
+
+    return shard_envs
+
+
+# The guider's two passes: acting, one step at a time, and training, over whole sequences.
+def per_agent(x, num_agents: int):
+    """[..., E] -> [..., E, A]: a per-environment value for every agent of the environment."""
+    return jnp.broadcast_to(x[..., None], x.shape + (num_agents,))
+
+
+def step_count(ts: TimeStep, start: jax.Array) -> jax.Array:
+    """Steps taken in the current episode ([E]): 0 where it starts, the running length otherwise."""
+    return jnp.where(start, 0, ts.episode_length)
+
+
+class Guider(NamedTuple):
+    """The teacher, Sable: the acting step (recurrent form) and the training pass (chunkwise)."""
+
+    init: Callable  # init(key, obs) -> params
+    zeros: Callable  # zeros(batch) -> GuiderState of zeros
+    value: Callable  # value(params, state, ts, start) -> value [E, A] of this step's observations
+    # act(params, state, ts, start, key, greedy) -> (state, action, log-prob, env action, value)
+    act: Callable
+    train_pass: Callable  # train_pass(params, state, traj) -> (value, policy outputs), time-major
+
+
+def make_guider(args, env) -> Guider:
+    num_agents, num_actions, continuous = env.num_agents, env.num_actions, env.continuous
+    sable = Sable(
+        num_actions, continuous, args.n_block, args.n_head, args.embed_dim, args.decay_scaling_factor
+    )
+    kappa = jnp.asarray(decay_rates(args.n_head, args.decay_scaling_factor), jnp.float32)
+    head_size = args.embed_dim // args.n_head
+    chunk_size = args.chunk_size or args.rollout_length
+
+    def zeros(batch):
+        return GuiderState(
+            *[jnp.zeros((batch, args.n_block, args.n_head, head_size, head_size), jnp.float32)] * 3
+        )
+
+    def init(key, obs):
+        dummy_action = jnp.zeros((1, num_agents, num_actions + (0 if continuous else 1)))
+        return sable.init(key, obs[:1], dummy_action, jnp.zeros((1, num_agents), jnp.int32), zeros(1),
+                          jnp.ones((1, 1), bool), num_agents)
+
+    def encode(params, state, ts, start):
+        """Encoder step on every agent's observation: (value [E, A], representation, decay, state)."""
+        decay = jnp.where(start[:, None], 0.0, kappa[None, :])  # once per step; 0 restarts the episode
+        step = per_agent(step_count(ts, start), num_agents)
+        value, obs_rep, encoder = sable.apply(params, ts.obs, step, state.encoder, decay, method=Sable.encode)
+        return value, obs_rep, decay, state._replace(encoder=encoder)
+
+    def act(params, state, ts, start, key, greedy=False):
+        """Encode all agents, then decode their actions one after another, each agent seeing the
+        actions chosen before it at this step."""
+        value, obs_rep, decay, state = encode(params, state, ts, start)
+        step = step_count(ts, start)[:, None]
+
+        def next_agent(carry, inputs):
+            token, self_state, cross_state, key = carry
+            first, obs_rep_j, mask_j = inputs
+            key, key_j = jax.random.split(key)  # one key after another, as the authors' decoder loop
+            out, (self_state, cross_state) = sable.apply(
+                params, token[:, None], obs_rep_j[:, None], step, (self_state, cross_state),
+                jnp.where(first, decay, 1.0), method=Sable.decode)
+            pi = mask_logits(jax.tree.map(lambda x: x[:, 0], out), mask_j, continuous)
+            action, log_prob, env_action = sample_action(key_j, pi, continuous, greedy)
+            token = action_token(action, num_actions, continuous)
+            return (token, self_state, cross_state, key), (action, log_prob, env_action)
+
+        carry = (
+            start_token((start.shape[0],), num_actions, continuous),
+            state.decoder_self,
+            state.decoder_cross,
+            key,
+        )
+        agents = (
+            jnp.arange(num_agents) == 0,
+            jnp.swapaxes(obs_rep, 0, 1),
+            jnp.swapaxes(ts.action_mask, 0, 1),
+        )
+        (_, self_state, cross_state, _), outputs = jax.lax.scan(next_agent, carry, agents)
+        action, log_prob, env_action = (jnp.swapaxes(x, 0, 1) for x in outputs)
+        state = state._replace(decoder_self=self_state, decoder_cross=cross_state)
+        return state, action, log_prob, env_action, value
+
+    def train_pass(params, state, traj):
+        """Teacher-forced pass over time-major sequences [T, B, A, ...]: a scan over chunks of
+        `--chunk-size` timesteps carrying the retention states."""
+        batch = traj.obs.shape[1]
+
+        def chunks(x):  # [T, B, ...] -> [T / C, B, C, ...]
+            x = jnp.swapaxes(x, 0, 1).reshape(
+                batch, args.rollout_length // chunk_size, chunk_size, *x.shape[2:]
+            )
+            return jnp.swapaxes(x, 0, 1)
+
+        def tokens(x):  # [n, B, C, A, ...] -> [n, B, C * A, ...]
+            return x.reshape(*x.shape[:2], -1, *x.shape[4:])
+
+        action_in = decoder_inputs(traj.action, num_actions, continuous)
+        xs = (tokens(chunks(traj.obs)), tokens(chunks(action_in)),
+              tokens(chunks(per_agent(traj.step, num_agents))), chunks(traj.start))
+
+        def one_chunk(state, x):
+            obs, action_in, step, start = x
+            value, out, state = sable.apply(params, obs, action_in, step, state, start, num_agents)
+            return state, (value, out)
+
+        _, (value, out) = jax.lax.scan(one_chunk, state, xs)
+
+        def time_major(x):  # [n, B, C * A, ...] -> [T, B, A, ...]
+            x = x.reshape(x.shape[0], batch, chunk_size, num_agents, *x.shape[3:])
+            return jnp.swapaxes(x, 1, 2).reshape(args.rollout_length, batch, num_agents, *x.shape[4:])
+
+        return time_major(value), jax.tree.map(time_major, out)
+
+    return Guider(init, zeros, lambda params, state, ts, start: encode(params, state, ts, start)[0], act,
+                  train_pass)
+
+
+def make_train(args: Args, env: EnvSpec) -> Trainer:
+    num_agents, num_actions, continuous = env.num_agents, env.num_actions, env.continuous
+    steps_per_update = args.num_envs * args.rollout_length
+    num_updates_per_eval = args.total_timesteps // steps_per_update // args.num_evaluations
+    envs_per_minibatch = args.num_envs // args.num_minibatches
+    actor = RecurrentNet(num_actions, 0.01, args.layer_size, args.gru_size, gaussian_policy=continuous)
+    guider = make_guider(args, env)
+    evaluate, evaluate_guider = make_evaluators(args, env, actor, guider)
+    shard_envs = make_env_sharding()
+
+    def init(key, hp):
+        key, key_actor, key_guider, key_env = jax.random.split(key, 4)
+        env_state, ts = shard_envs(jax.vmap(env.reset)(jax.random.split(key_env, args.num_envs)))
+        actor_params = actor.init(key_actor, zeros_h(1, num_agents, args.gru_size), ts.obs[:1],
+                                  jnp.ones((1, num_agents), bool))
+        guider_params = guider.init(key_guider, ts.obs)
+        opt = optimiser(hp["lr"], hp["max_grad_norm"])
+        start = jnp.ones((args.num_envs,), bool)
+        guider_state, actor_h = guider.zeros(args.num_envs), zeros_h(args.num_envs, num_agents, args.gru_size)
+        start, guider_state, actor_h = shard_envs((start, guider_state, actor_h))
+        return RunnerState(
+            guider_params=guider_params, actor_params=actor_params, guider_opt_state=opt.init(guider_params),
+            actor_opt_state=opt.init(actor_params), env_state=env_state, timestep=ts, start=start,
+            guider_state=guider_state, actor_h=actor_h, key=key, best_score=jnp.array(-jnp.inf, jnp.float32),
+            best_actor_params=actor_params, best_guider_score=jnp.array(-jnp.inf, jnp.float32),
+            best_guider_params=guider_params)
+
+    def rollout(runner: RunnerState):
+        """The teacher acts; the student's GRU runs along on the same observations, so that its state is
+        right when training replays its sequences."""
+        def one_step(carry, key):
+            env_state, ts, start, guider_state, actor_h = carry
+            key_action, key_env = jax.random.split(key)
+            guider_state, action, log_prob, env_action, value = guider.act(runner.guider_params, guider_state,
+                                                                           ts, start, key_action)
+            actor_h, _ = actor.apply(runner.actor_params, actor_h, ts.obs, per_agent(start, num_agents))
+            env_keys = jax.random.split(key_env, args.num_envs)
+            env_state, next_ts = env.step_many(env_keys, env_state, env_action)
+            transition = Transition(obs=ts.obs, step=step_count(ts, start), start=start,
+                                    action_mask=ts.action_mask, action=action, log_prob=log_prob, value=value,
+                                    reward=next_ts.reward, done=next_ts.done)
+            episode = (next_ts.done, next_ts.episode_return, next_ts.won)
+            carry = shard_envs((env_state, next_ts, next_ts.done, guider_state, actor_h))
+            return carry, (transition, episode)
+
+        key, key_rollout = jax.random.split(runner.key)
+        carry = (runner.env_state, runner.timestep, runner.start, runner.guider_state, runner.actor_h)
+        keys = jax.random.split(key_rollout, args.rollout_length)
+        carry, (traj, episodes) = jax.lax.scan(one_step, carry, keys)
+        env_state, ts, start, guider_state, actor_h = carry
+        last_value = guider.value(runner.guider_params, guider_state, ts, start)
+        runner = runner._replace(env_state=env_state, timestep=ts, start=start, guider_state=guider_state,
+                                 actor_h=actor_h, key=key)
+        return runner, traj, last_value, episodes
+
+    def loss_fn(guider_params, actor_params, batch, hp):
+        """Both losses from the same parameters in one backward pass. The teacher's does not involve
+        the student at all; the student's stops the gradient into the teacher."""
+        traj, guider_state0, actor_h0, advantage, target = batch
+        value, guider_out = guider.train_pass(guider_params, guider_state0, traj)
+        _, (learner_out,) = replay((actor,), (actor_params,), (actor_h0,), (traj.obs,),
+                                   per_agent(traj.start, num_agents))
+        pi_guider = mask_logits(guider_out, traj.action_mask, continuous)
+        pi_learner = mask_logits(learner_out, traj.action_mask, continuous)
+        log_prob_guider, entropy = log_prob_entropy(pi_guider, traj.action, continuous)
+        guider_total, surrogate, value_loss = teacher_loss(log_prob_guider, traj.log_prob, advantage, value,
+                                                           traj.value, target, entropy, hp["clip_eps"],
+                                                           hp["ent_coef"], hp["vf_coef"])
+        distill = distillation_kl(pi_guider, pi_learner, continuous, args.kl_direction)
+        return guider_total + student_loss(distill), {
+            "guider_loss": surrogate, "value_loss": value_loss, "entropy": entropy.mean(),
+            "distill_loss": distill.mean()}
+
+    def permute_agents(batch, order):
+        """The agents in another order (the teacher then decodes in that order)."""
+        traj, guider_state0, actor_h0, advantage, target = batch
+        traj = traj._replace(**{name: jnp.take(getattr(traj, name), order, axis=2)
+                                for name in ("obs", "action_mask", "action", "log_prob", "value")})
+        return (traj, guider_state0, jnp.take(actor_h0, order, axis=1), jnp.take(advantage, order, axis=2),
+                jnp.take(target, order, axis=2))
+
+    def update(runner: RunnerState, hp):
+        # ROLLOUT
+        guider_state0, actor_h0 = runner.guider_state, runner.actor_h
+        runner, traj, last_value, episodes = rollout(runner)
+        # ADVANTAGES, from the teacher's values
+        rewards = jnp.broadcast_to(traj.reward[..., None], traj.value.shape)
+        dones = jnp.broadcast_to(traj.done[..., None], traj.value.shape)
+        advantage, target = gae(rewards, traj.value, dones, last_value, hp["gamma"], hp["gae_lambda"])
+        # EPOCHS of minibatches; each minibatch holds whole environment sequences, so that it replays
+        # them from the recurrent states the rollout started with.
+        opt = optimiser(hp["lr"], hp["max_grad_norm"])
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+        def minibatch(trained, batch):
+            (_, stats), (guider_grad, actor_grad) = grad_fn(trained["guider_params"], trained["actor_params"],
+                                                            batch, hp)
+            guider_updates, guider_opt_state = opt.update(guider_grad, trained["guider_opt_state"])
+            actor_updates, actor_opt_state = opt.update(actor_grad, trained["actor_opt_state"])
+            return {"guider_params": optax.apply_updates(trained["guider_params"], guider_updates),
+                    "actor_params": optax.apply_updates(trained["actor_params"], actor_updates),
+                    "guider_opt_state": guider_opt_state, "actor_opt_state": actor_opt_state}, stats
+
+        def epoch(trained, key):
+            key_envs, key_agents = jax.random.split(key)
+            perm = jax.random.permutation(key_envs, args.num_envs)
+
+            def split(x, env_axis):  # [..., E, ...] -> [minibatches, ..., E / minibatches, ...], shuffled
+                x = jnp.take(x, perm, axis=env_axis)
+                x = x.reshape(x.shape[:env_axis] + (args.num_minibatches, envs_per_minibatch)
+                              + x.shape[env_axis + 1:])
+                return shard_envs(jnp.moveaxis(x, env_axis, 0), env_axis + 1)
+
+            batch = (traj, guider_state0, actor_h0, advantage, target)
+            if args.shuffle_agents:  # one agent order per epoch, as Sable trains
+                batch = permute_agents(batch, jax.random.permutation(key_agents, num_agents))
+            env_axes = (1, 0, 0, 1, 1)  # where each part keeps its environments
+            batches = tuple(jax.tree.map(lambda x, a=a: split(x, a), p) for p, a in zip(batch, env_axes))
+            return jax.lax.scan(minibatch, trained, batches)
+
+        key, key_epochs = jax.random.split(runner.key)
+        trained = {name: getattr(runner, name) for name in TRAINED}
+        trained, stats = jax.lax.scan(epoch, trained, jax.random.split(key_epochs, args.ppo_epochs))
+        runner = runner._replace(key=key, **trained)
+        done, episode_return, won = episodes
+        stats = jax.tree.map(jnp.mean, stats)
+        n_done = jnp.maximum(done.sum(), 1)
+        stats["train_episode_return"] = jnp.where(done, episode_return, 0.0).sum() / n_done
+        stats["train_episodes"] = done.sum()
+        return runner, stats
+
+    def learn(runner: RunnerState, hp):
+        runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
+        key, key_eval, key_guider = jax.random.split(runner.key, 3)
+        evaluation = evaluate(runner.actor_params, key_eval, args.num_eval_episodes)
+        guider_evaluation = evaluate_guider(runner.guider_params, key_guider, args.num_eval_episodes)
+        # The best checkpoint by return on every suite, as the authors' code picks it.
+        best_score, best_actor = keep_best(evaluation["episode_return"].mean(), runner.best_score,
+                                           runner.actor_params, runner.best_actor_params)
+        best_guider_score, best_guider = keep_best(guider_evaluation["episode_return"].mean(),
+                                                   runner.best_guider_score, runner.guider_params,
+                                                   runner.best_guider_params)
+        runner = runner._replace(key=key, best_score=best_score, best_actor_params=best_actor,
+                                 best_guider_score=best_guider_score, best_guider_params=best_guider)
+        return runner, {"eval": evaluation, "guider_eval": guider_evaluation, "train": stats}
+
+    def train(key, hp):
+        runner = init(key, hp)
+        return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
+
+    return Trainer(init=init, update=update, learn=learn, evaluate=evaluate, evaluate_guider=evaluate_guider,
+                   train=train, num_updates_per_eval=num_updates_per_eval, rollout=rollout, loss=loss_fn,
+                   guider_train_pass=guider.train_pass, guider_act=guider.act)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the paper's protocol (README, "What a run writes")
+# ---------------------------------------------------------------------------------------------
+def zeros_h(batch: int, num_agents: int, gru_size: int) -> jax.Array:
+    return jnp.zeros((batch, num_agents, gru_size), jnp.float32)
+
+
+def keep_best(score, best_score, params, best_params):
+    """The better of (score, params) and (best_score, best_params)."""
+    better = score > best_score
+    return jnp.where(better, score, best_score), jax.tree.map(lambda new, old: jnp.where(better, new, old),
+                                                              params, best_params)
+
+
+def make_evaluators(args, env, actor, guider: Guider):
+    """-> (evaluate the student, evaluate the teacher): each (params, key, num_episodes) -> metrics of
+    `num_episodes` episodes, one per environment, run for the time limit; only each environment's
+    first episode counts."""
+    num_agents, continuous = env.num_agents, env.continuous
+
+    def run_episodes(policy_step, policy_state, key, num_episodes):
+        """policy_step(state, ts, start, key) -> (state, env action)."""
+        key_reset, key_run = jax.random.split(key)
+        env_state, ts = jax.vmap(env.reset)(jax.random.split(key_reset, num_episodes))
+        zero_f = jnp.zeros((num_episodes,), jnp.float32)
+        carry = (
+            env_state,
+            ts,
+            jnp.ones((num_episodes,), bool),
+            policy_state,
+            jnp.zeros((num_episodes,), bool),
+            zero_f,
+            jnp.zeros((num_episodes,), jnp.int32),
+            zero_f,
+        )
+
+        def one_step(carry, key):
+            env_state, ts, start, policy_state, finished, ret, length, won = carry
+            key_action, key_env = jax.random.split(key)
+            policy_state, env_action = policy_step(policy_state, ts, start, key_action)
+            env_state, ts = env.step_many(jax.random.split(key_env, num_episodes), env_state, env_action)
+            first_end = ts.done & ~finished
+            ret = jnp.where(first_end, ts.episode_return, ret)
+            length = jnp.where(first_end, ts.episode_length, length)
+            won = jnp.where(first_end, ts.won, won)
+            return (env_state, ts, ts.done, policy_state, finished | ts.done, ret, length, won), None
+
+        carry, _ = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
+        _, _, _, _, _, ret, length, won = carry
+        metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
+        return {name: metrics[name] for name in eval_metric_names(env.suite)}
+
+    def evaluate(actor_params, key, num_episodes):
+        """The student, the deployable policy: each agent acts on its own observation only."""
+        def policy_step(h, ts, start, key):
+            h, out = actor.apply(actor_params, h, ts.obs, per_agent(start, num_agents))
+            pi = mask_logits(out, ts.action_mask, continuous)
+            return h, sample_action(key, pi, continuous, args.evaluation_greedy)[2]
+
+        return run_episodes(policy_step, zeros_h(num_episodes, num_agents, args.gru_size), key, num_episodes)
+
+    def evaluate_guider(guider_params, key, num_episodes):
+        """The teacher, centralised: reported beside the student, never in its place."""
+        def policy_step(state, ts, start, key):
+            state, _, _, env_action, _ = guider.act(
+                guider_params, state, ts, start, key, args.evaluation_greedy
+            )
+            return state, env_action
+
+        return run_episodes(policy_step, guider.zeros(num_episodes), key, num_episodes)
+
+    return evaluate, evaluate_guider
+
+
+# =============================================================================================
+# Command line: validation, outputs, progress
+# =============================================================================================
+class UsageError(ValueError):
+    """A bad command-line value; the message names the flag and what it accepts."""
+
+
+def validate(args: Args) -> EnvSpec:
+    """Check every flag before anything compiles; returns the environment."""
+    for name in (
+        "num_seeds",
+        "total_timesteps",
+        "num_envs",
+        "rollout_length",
+        "num_evaluations",
+        "num_eval_episodes",
+        "ppo_epochs",
+        "num_minibatches",
+        "layer_size",
+        "gru_size",
+        "n_block",
+        "n_head",
+        "embed_dim",
+    ):
+        if getattr(args, name) < 1:
+            raise UsageError(
+                f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
+            )
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("clip_eps", "max_grad_norm", "lr"):
+        if not getattr(args, name) > 0.0 or not math.isfinite(getattr(args, name)):
+            raise UsageError(
+                f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}"
+            )
+    for name in ("ent_coef", "vf_coef"):
+        if not getattr(args, name) >= 0.0 or not math.isfinite(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not 0.0 < args.decay_scaling_factor <= 1.0:
+        raise UsageError(f"--decay-scaling-factor must be in (0, 1], got {args.decay_scaling_factor}")
+    head_size = args.embed_dim // args.n_head
+    if args.embed_dim % 2 or args.embed_dim % args.n_head or head_size % args.n_head:
+        raise UsageError(
+            f"--embed-dim ({args.embed_dim}) must be even and divisible by --n-head ({args.n_head}), "
+            f"and embed-dim / n-head by n-head again (Sable's per-head normalisation)"
+        )
+    if args.chunk_size is not None and (args.chunk_size < 1 or args.rollout_length % args.chunk_size):
+        raise UsageError(f"--chunk-size ({args.chunk_size}) must be a positive divisor of --rollout-length "
+                         f"({args.rollout_length})")
+    if args.num_envs % args.num_minibatches:
+        raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
+                         f"({args.num_minibatches}): minibatches hold whole environments")
+    if args.distributed and not jax.distributed.is_initialized():
+        try:  # before the first device query below, which starts the backend
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as error:
+            raise UsageError(
+                f"--distributed found no cluster to join ({error}): start one process per host "
+                "under SLURM, Open MPI, Kubernetes or Cloud TPU, or leave the flag off"
+            ) from None
+    devices = jax.device_count()
+    if (args.num_envs // args.num_minibatches) % devices:
+        raise UsageError(
+            f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "
+            f"minibatch) must be a multiple of the {devices} devices: each device takes an equal share"
+        )
+    steps_per_update = args.num_envs * args.rollout_length
+    if args.total_timesteps < steps_per_update * args.num_evaluations:
+        raise UsageError(
+            f"--total-timesteps ({args.total_timesteps}) is too small for --num-evaluations "
+            f"({args.num_evaluations}): each checkpoint needs at least one update of --num-envs x "
+            f"--rollout-length = {steps_per_update} steps, so use at least "
+            f"{steps_per_update * args.num_evaluations} or fewer evaluations"
+        )
+    try:
+        return make_env(args.env_id)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+LOSSES = ("guider_loss", "value_loss", "entropy", "distill_loss")
+
+
+def first_non_finite(train_stats: dict) -> int | None:
+    """Index of the first update (within the interval) whose losses are not finite, else None."""
+    losses = np.stack([np.asarray(train_stats[k]) for k in LOSSES], axis=-1)
+    bad = ~np.isfinite(losses).all(axis=-1).all(axis=0)  # [seeds, updates] -> [updates]
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def main(args: Args) -> str:
+    try:
+        env = validate(args)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+    if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
+        args = dataclasses.replace(
+            args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False, save_model=False
+        )
+    run_dir = make_run_dir(args)
+    print(
+        f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
+        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}"
+    )
+    trainer = make_train(args, env)
+    hp = hparams_from_args(args)
+    keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
+    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
+    learn = jax.jit(jax.vmap(trainer.learn, in_axes=(0, None)), donate_argnums=0)
+    evaluators = {
+        "eval": jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)), static_argnums=2),
+        "guider_eval": jax.jit(jax.vmap(trainer.evaluate_guider, in_axes=(0, 0, None)), static_argnums=2),
+    }
+    steps_per_interval = trainer.num_updates_per_eval * args.num_envs * args.rollout_length
+    if steps_per_interval * args.num_evaluations < args.total_timesteps:
+        print(f"note: training {steps_per_interval * args.num_evaluations} steps per seed "
+              f"(whole updates per checkpoint), not {args.total_timesteps}")
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(
+            project=args.wandb_project,
+            entity=args.wandb_entity,
+            config=dataclasses.asdict(args),
+            name=os.path.basename(run_dir),
+            dir=run_dir,
+        )
+
+    t0 = time.time()
+    runner = init(keys, hp)
+    compiled = learn.lower(runner, hp).compile()
+    print(f"compiled in {time.time() - t0:.1f}s")
+    checkpoints, absolute, metric = [], {}, headline_metric(env.suite)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    train_start, exit_message = time.time(), None
+    try:
+        for i in range(args.num_evaluations):
+            runner, out = compiled(runner, hp)
+            out = jax.device_get(out)
+            bad = first_non_finite(out["train"])
+            if bad is not None:
+                update_number = i * trainer.num_updates_per_eval + bad + 1
+                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1}); "
+                                f"stopping. Metrics so far are in {run_dir}/metrics.jsonl")
+                break
+            elapsed = time.time() - train_start
+            env_steps = (i + 1) * steps_per_interval
+            guider = {f"guider_{k}": v for k, v in summarise(out["guider_eval"]).items()}
+            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed, 3),
+                      "sps": round(env_steps / elapsed, 1), **summarise(out["eval"]), **guider,
+                      **{k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()}}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            checkpoints.append(
+                {"env_steps": env_steps, "eval": out["eval"], "guider_eval": out["guider_eval"]}
+            )
+            mean = np.mean(record[f"{metric}_mean"])
+            spread = (
+                np.std(record[f"{metric}_mean"]) if args.num_seeds > 1 else np.mean(record[f"{metric}_std"])
+            )
+            eta = elapsed / (i + 1) * (args.num_evaluations - i - 1)
+            print(
+                f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
+                f"student {metric} {mean:8.3f} ± {spread:.3f} | "
+                f"teacher {np.mean(record[f'guider_{metric}_mean']):8.3f}"
+                f" | ETA {format_duration(eta)}",
+                flush=True,
+            )
+            if wandb_run is not None:
+                wandb_run.log(
+                    {k: float(np.mean(v)) for k, v in record.items() if k != "checkpoint"}, step=env_steps
+                )
+        else:
+            key_abs = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(args.num_seeds))
+            for name, params in (
+                ("eval", runner.best_actor_params),
+                ("guider_eval", runner.best_guider_params),
+            ):
+                absolute[name] = jax.device_get(
+                    evaluators[name](params, key_abs, 10 * args.num_eval_episodes)
+                )
+                means = np.asarray(absolute[name][metric]).mean(axis=-1)
+                print(
+                    f"absolute {metric} of the {'student' if name == 'eval' else 'teacher'} "
+                    f"(best parameters, {10 * args.num_eval_episodes} episodes): "
+                    f"{means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)"
+                )
+    except KeyboardInterrupt:
+        exit_message = f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl"
+    finally:
+        metrics_file.close()
+        # The student under this script's name (the deployable policy); the teacher beside it.
+        summary = marl_eval_summary(env, args, checkpoints, absolute.get("eval"))
+        guider = marl_eval_summary(env, args, checkpoints, absolute.get("guider_eval"), f"{ALGORITHM}_guider",
+                                   "guider_eval")
+        for task, algorithms in guider[env.suite].items():
+            summary[env.suite][task].update(algorithms)
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f)
+        if args.save_model and checkpoints:
+            for name, params in (
+                ("actor_final", runner.actor_params),
+                ("actor_best", runner.best_actor_params),
+                ("guider_final", runner.guider_params),
+                ("guider_best", runner.best_guider_params),
+            ):
+                with open(os.path.join(run_dir, f"{name}.msgpack"), "wb") as f:
+                    f.write(serialization.to_bytes(jax.device_get(params)))
+        if wandb_run is not None:
+            wandb_run.finish()
+    if exit_message:
+        sys.exit(exit_message)
+    return run_dir
+
+
+# =============================================================================================
 # Environment adapter (identical in every script; tests/test_consistency.py holds them together)
 # =============================================================================================
-# make_env(env_id) -> EnvSpec with pure reset(key) / step(key, env_state, actions), automatic
-# reset inside step, built to reproduce what the authors' Mava wrappers fed their networks
-# (github liyheng/MAGPO: mava/wrappers/{jumanji,jaxmarl,matrax,observation,episode_metrics}.py,
-# mava/utils/make_env.py, mava/configs/env/*):
-#
-# * obs: float32 [agents, obs_dim]. Every suite here runs with `system.add_agent_id: True` and
-#   `implicit_agent_id: False`, so Mava's AgentIDWrapper PREPENDS a one-hot agent id:
-#   obs[:, :num_agents] == eye(num_agents), the suite's own view follows.
-# * state: float32 [state_dim], the centralised-critic input, built like Mava's `global_state`
-#   (before the agent id is added, so it carries no id): the concatenation of all agents' own
-#   views for RWARE, LBF, Connector (vector views), MPE and CoordSum; SMAX's `world_state`.
-# * reward: the team reward whose episode sum is Mava's `episode_return` (RecordEpisodeMetrics
-#   averages the per-agent reward vector): RWARE the env's shared reward; LBF and Connector
-#   the sum over agents (`aggregate_rewards: True`); MPE and SMAX the mean over agents (SMAX
-#   agents all get the same reward; MPE agents differ only by their collision term: Mava's
-#   learners saw per-agent MPE rewards, this interface carries their mean); CoordSum the
-#   shared reward.
-# * done: the episode ended (any cause). Mava's recurrent systems cut bootstrapping at every
-#   `timestep.last()`, i.e. at `done`; use `done` to reproduce the paper. `terminated` is True
-#   only for a real terminal event (RWARE collision, LBF all food eaten, Connector all agents
-#   connected or blocked, SMAX one side wiped out) and False where only a time limit ended the
-#   episode (including CoordSum's fixed 100-step horizon, which its env labels a termination).
-#   Bootstrapping a truncation correctly would also need the final observation, which
-#   auto-reset replaces by the next episode's first one.
-# * episode_return / episode_length: running totals of the current episode; where done, those
-#   of the episode that just ended. won: 1.0 where an episode ended in a win (SMAX: Mava's
-#   `won_episode`, last step with every agent's reward >= 1, i.e. the win bonus; Connector:
-#   Mava's `won_episode`, all agents connected); 0.0 elsewhere. Table 1 reports win rate for
-#   SMAX and episode return for every other suite.
+# make_env(env_id) -> EnvSpec with pure reset(key) / step(key, env_state, actions) and automatic
+# reset inside step. It feeds the networks what the authors' Mava wrappers fed theirs
+# (tests/test_parity_authors.py compares them step by step; README, "How this follows the authors' code"):
+# * obs [agents, obs_dim]: a one-hot agent id, then the suite's own view of each agent;
+# * state [state_dim]: the centralised critic's input, all agents' views without ids (SMAX: its world state);
+# * reward: the team reward whose episode sum Mava reports as the return;
+# * done: the episode ended, for any reason; Mava's recurrent systems bootstrap nothing past it.
+#   `terminated` marks only real terminal events, not time limits.
 class TimeStep(NamedTuple):
     obs: jax.Array  # float32 [A, obs_dim], one-hot agent id first
     action_mask: jax.Array  # bool [A, num_actions]
@@ -236,12 +1293,14 @@ _MPE = {"simple_spread_3ag": 3, "simple_spread_5ag": 5, "simple_spread_10ag": 10
 # SMAX HeuristicEnemySMAX maps (see_enemy_actions, walls_cause_death, attack_mode "closest")
 _SMAX = ("2s3z", "3s5z", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "3s5z_vs_3s6z", "3s_vs_5z",
          "6h_vs_8z", "smacv2_5_units", "smacv2_10_units")
-# CoordSum: the authors' registered tasks, coordsum.TASK_MAXVAL (any other <agents>x<actions> builds too)
+# CoordSum (coordsum.py, imported only when a CoordSum task is made): the authors' registered tasks; any
+# other coordsum-<agents>x<actions> builds too.
+_COORDSUM = ("3x10", "3x30", "5x20", "8x15")
 
 ENV_IDS = (
     [f"rware-{t}" for t in _RWARE] + [f"lbf-{t}" for t in _LBF] + list(_CONNECTOR)
     + [f"mpe-{t}" for t in _MPE] + [f"smax-{t}" for t in _SMAX]
-    + [f"coordsum-{t}" for t in coordsum.TASK_MAXVAL]
+    + [f"coordsum-{t}" for t in _COORDSUM]
 )
 
 
@@ -289,7 +1348,9 @@ def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_
     def transition(key, env_state, actions):
         """One environment's step before any reset: (next fields, outcome, key for a reset)."""
         step_key, reset_key = jax.random.split(key)
-        inner, view, mask, state, reward, done, terminated, won = core_step(step_key, env_state.inner, actions)
+        inner, view, mask, state, reward, done, terminated, won = core_step(
+            step_key, env_state.inner, actions
+        )
         outcome = (jnp.asarray(reward, jnp.float32), jnp.asarray(done, bool), jnp.asarray(terminated, bool),
                    jnp.asarray(won, bool))
         return (inner, view, mask, state), outcome, reset_key
@@ -322,14 +1383,9 @@ def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_
         return finish(env_state, restart(reset_key, outcome[1], fields), outcome)
 
     def step_many(keys, env_states, actions):
-        # Inside a vmap a cond runs both branches (as in Mava's AutoResetWrapper), so vmap(step)
-        # builds a first timestep for every environment on every step. Here the cond sits outside
-        # the vmap and skips that on steps where no episode ended: most steps of suites whose
-        # episodes end together at the time limit (RWARE's reset is about 60% of its step's time).
-        # Where some episode ends on nearly every step the cond would always run its branch, which
-        # XLA:CPU runs slower than the select (Connector's environment: 17 against 26 thousand
-        # steps/s), so those suites keep vmap(step). Under an outer vmap (--num-seeds) the cond
-        # turns back into a select, and costs what vmap(step) does.
+        # Inside a vmap a cond runs both branches, so vmap(step) would reset every environment on
+        # every step; one cond outside the vmap skips the resets on steps where no episode ended.
+        # Suites whose episodes end at different steps gain nothing from it (README, "Where the time goes").
         if staggered_ends:
             return jax.vmap(step)(keys, env_states, actions)
         fields, outcome, reset_keys = jax.vmap(transition)(keys, env_states, actions)
@@ -434,18 +1490,8 @@ def _make_lbf(env_id, task):
 
 
 def _make_connector(env_id, task):
-    # The paper ran jumanji's Connector-v2 (jumanji 1.1.0 at commit 9ced6b8, pinned in the authors'
-    # uv.lock). jumanji 1.1.2 registers Connector-v3, which differs in (a) the default
-    # RandomWalkGenerator (a new, faster random walk, so a different board distribution; v2's
-    # generator ships as LegacyRandomWalkGenerator, used here), (b) a pure time-out is a
-    # truncation (discount 1) instead of a termination (discount 0), which changes nothing for
-    # `done` (Mava cuts bootstrapping at every episode end) and is what `terminated` reports,
-    # (c) a vectorised move/collision step with the same semantics (lower-id agent yields),
-    # (d) the action mask stored in the state. Rewards (DenseRewardFn: +1 on connecting, -0.03
-    # per step per unconnected agent), observations and extras are unchanged.
-    # Views: the MAGPO networks (Sable or MAT encoder, MLP/GRU learner) take flat per-agent vectors,
-    # which Mava's VectorConnectorWrapper provides (its grid ConnectorWrapper yields [A, G, G, 5]
-    # that those networks cannot take), plus the one-hot id (`implicit_agent_id: False`).
+    # The paper ran Connector-v2, whose board generator jumanji 1.1.2 keeps as LegacyRandomWalkGenerator
+    # (README, "How this follows the authors' code"). Views are Mava's flat per-agent vectors.
     from jumanji.environments import Connector
     from jumanji.environments.routing.connector.generator import LegacyRandomWalkGenerator
 
@@ -533,6 +1579,12 @@ def _make_smax(env_id, task):
 
 
 def _make_coordsum(env_id, task):
+    try:
+        import coordsum
+    except ImportError:
+        raise ValueError(
+            f"--env-id {env_id} needs coordsum.py beside this script: copy it from the repository"
+        ) from None
     n, num_actions, maxval = coordsum.parse_task(task)
     env = coordsum.CoordSum(num_agents=n, num_actions=num_actions, maxval=maxval, time_limit=100)
     mask = jnp.ones((n, num_actions), bool)
@@ -553,10 +1605,8 @@ def _make_coordsum(env_id, task):
 
 def _is_coordsum_size(env_id: str) -> bool:
     """Any `coordsum-<agents>x<actions>` builds, not only the paper's four."""
-    try:
-        return env_id.startswith("coordsum-") and coordsum.parse_task(env_id[len("coordsum-"):])[0] >= 1
-    except ValueError:
-        return False
+    match = re.fullmatch(r"coordsum-(\d+)x(\d+)", env_id)
+    return match is not None and int(match.group(1)) >= 1
 
 
 def headline_metric(suite: str) -> str:
@@ -589,815 +1639,8 @@ def make_env(env_id: str) -> EnvSpec:
 
 
 # =============================================================================================
-# Networks: the learner = the student (the GRU actor of ippo.py) and the guider = the teacher (Sable)
+# Output helpers: run directory, marl-eval summary, progress line
 # =============================================================================================
-def stacked_orthogonal(key, shape, dtype=jnp.float32):
-    """[H, k*H] kernel of k independent orthogonal [H, H] blocks: flax's GRUCell initialises each
-    gate's recurrent kernel this way, and the fused kernel below keeps that."""
-    blocks = [orthogonal()(k, (shape[0], shape[0]), dtype) for k in jax.random.split(key, shape[1] // shape[0])]
-    return jnp.concatenate(blocks, axis=-1)
-
-
-class RecurrentNet(nn.Module):
-    """Dense -> GRU -> Dense with ReLU, then a linear head (the paper's Table 3 network; the actor's
-    head gives logits, or a Gaussian's mean, the critic's a value). The GRU state is zeroed where an
-    episode starts (`start`, before this step's input). `__call__` is one time step, as the rollout
-    acts. Training replays sequences (`replay`) and there only `recur`, one [H, 3H] matmul and the
-    gates, runs step by step: `embed` (first layer and the GRU's input projection of all three gates)
-    and `head` run on all steps at once. The GRU is flax's GRUCell with its gates' kernels fused
-    (tests/test_ppo.py checks it against nn.GRUCell)."""
-
-    out_size: int
-    out_scale: float  # orthogonal init scale of the head: 0.01 for a policy, 1.0 for a value
-    layer_size: int
-    gru_size: int
-    gaussian_policy: bool = False  # add a state-independent log-std (MPE's continuous actions)
-
-    def setup(self):
-        dense = lambda size, scale: nn.Dense(size, kernel_init=orthogonal(scale), bias_init=constant(0.0))  # noqa: E731
-        self.pre_torso, self.post_torso = dense(self.layer_size, np.sqrt(2)), dense(self.layer_size, np.sqrt(2))
-        self.output = dense(self.out_size, self.out_scale)
-        # GRUCell's parameters, gates side by side in the order reset, update, candidate (r, z, n).
-        self.gru_input = nn.Dense(3 * self.gru_size, bias_init=constant(0.0))  # W_i[rzn] x + b_i[rzn]
-        self.gru_hidden = nn.Dense(3 * self.gru_size, use_bias=False, kernel_init=stacked_orthogonal)  # W_h[rzn] h
-        self.gru_hidden_bias_n = self.param("gru_hidden_bias_n", constant(0.0), (self.gru_size,))  # b_hn
-        if self.gaussian_policy:
-            self.log_std = self.param("log_std", nn.initializers.zeros, (self.out_size,))
-
-    def __call__(self, h, x, start):
-        h, y = self.recur(h, self.embed(x), start)
-        return h, self.head(y)
-
-    def embed(self, x):
-        return self.gru_input(nn.relu(self.pre_torso(x)))
-
-    def recur(self, h, gru_in, start):
-        h = jnp.where(start[..., None], jnp.zeros_like(h), h)
-        in_r, in_z, in_n = jnp.split(gru_in, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(self.gru_hidden(h), 3, axis=-1)
-        r, z = nn.sigmoid(in_r + h_r), nn.sigmoid(in_z + h_z)
-        n = jnp.tanh(in_n + r * (h_n + self.gru_hidden_bias_n))
-        h = (1.0 - z) * n + z * h
-        return h, h
-
-    def head(self, y):
-        out = self.output(nn.relu(self.post_torso(y)))
-        return (out, jnp.broadcast_to(self.log_std, out.shape)) if self.gaussian_policy else out
-
-
-def replay(nets, params, hs, xs, start):
-    """Run recurrent nets over [T, ...] sequences: `embed` and `head` on all steps at once, as 2-d
-    [steps, features] matmuls (XLA:CPU is slow at the weight gradients of 3-d ones), and the GRUs in
-    one scan over time, side by side. Small per-step work is what a scan pays for on a CPU (README,
-    "Where the time goes": 2.2x the steps/s of stepping the whole network at CoordSum's tuned
-    minibatches). Returns the final GRU states and each net's outputs for every step."""
-
-    def on_all_steps(fn, x):  # [..., F] -> fn on [N, F] -> [..., F']
-        y = fn(x.reshape(-1, x.shape[-1]))
-        return jax.tree.map(lambda v: v.reshape(x.shape[:-1] + v.shape[-1:]), y)
-
-    gru_ins = [on_all_steps(lambda v: net.apply(p, v, method="embed"), x) for net, p, x in zip(nets, params, xs)]
-
-    def one_step(hs, inputs):
-        *gru_ins_t, start_t = inputs
-        steps = [net.apply(p, h, g, start_t, method="recur") for net, p, h, g in zip(nets, params, hs, gru_ins_t)]
-        return tuple(h for h, _ in steps), tuple(y for _, y in steps)
-
-    # Checkpointed: the backward pass recomputes each step's gates instead of reading ~10 arrays per
-    # step saved by the forward pass; on a CPU the per-step saves cost more than the recomputation
-    # (README, "Where the time goes").
-    hs, ys = jax.lax.scan(jax.checkpoint(one_step), tuple(hs), (*gru_ins, start))
-    return hs, tuple(on_all_steps(lambda v: net.apply(p, v, method="head"), y) for net, p, y in zip(nets, params, ys))
-
-
-def mask_logits(out, action_mask, continuous: bool):
-    """Discrete heads: masked actions get MASKED_LOGIT; continuous heads pass through."""
-    return out if continuous else jnp.where(action_mask, out, MASKED_LOGIT)
-
-
-# A large finite number rather than -inf: masked actions get probability 0 and entropy stays finite.
-MASKED_LOGIT = -1e9
-
-
-def policy_distribution(pi, continuous: bool) -> distrax.Distribution:
-    """Discrete: masked categorical. Continuous: Gaussian over the *pre-tanh* action with scale
-    softplus(log_std) + 1e-3 (Mava's parameterisation and name); the tanh squashing is applied on the
-    way to the environment and its log-det in `log_prob_entropy`."""
-    if continuous:
-        loc, log_std = pi
-        return distrax.MultivariateNormalDiag(loc, jax.nn.softplus(log_std) + 1e-3)
-    return distrax.Categorical(logits=pi)
-
-
-def tanh_log_det(raw: jax.Array) -> jax.Array:
-    """sum log |d tanh(x)/dx| = sum log(1 - tanh(x)^2), in a form that is stable for large |x|."""
-    return jnp.sum(2.0 * (jnp.log(2.0) - raw - jax.nn.softplus(-2.0 * raw)), axis=-1)
-
-
-def action_log_prob(dist: distrax.Distribution, action: jax.Array, continuous: bool) -> jax.Array:
-    """log pi(a); for the tanh-squashed Gaussian, of the squashed action (change of variables)."""
-    log_prob = dist.log_prob(action)
-    return log_prob - tanh_log_det(action) if continuous else log_prob
-
-
-def sample_action(key, pi, continuous: bool, greedy=False):
-    """Returns (stored action, log-probability, action for the environment). Continuous actions
-    are stored before the tanh, so that their log-probability needs no atanh later."""
-    dist = policy_distribution(pi, continuous)
-    action = dist.mode() if greedy else dist.sample(seed=key)
-    return action, action_log_prob(dist, action, continuous), jnp.tanh(action) if continuous else action
-
-
-def log_prob_entropy(pi, action, continuous: bool):
-    """Log-probability of stored actions and the policy's entropy (of the pre-tanh Gaussian where
-    continuous: the squashed one has no closed form, and the two differ by the expected log-det)."""
-    dist = policy_distribution(pi, continuous)
-    return action_log_prob(dist, action, continuous), dist.entropy()
-
-
-def kl_divergence(pi_p, pi_q, continuous: bool) -> jax.Array:
-    """KL(p || q) per agent. For the tanh-squashed Gaussians that of the pre-tanh Gaussians: a
-    bijection leaves the KL unchanged."""
-    return policy_distribution(pi_p, continuous).kl_divergence(policy_distribution(pi_q, continuous))
-
-
-# ---------------------------------------------------------------------------------------------
-# The guider (teacher): Sable (Mahjoub et al. 2024), as the authors' code uses it (mava/networks/sable_network.py,
-# mava/networks/retention.py). Tokens are (timestep, agent) pairs in the order t * n_agents + agent.
-# Retention keeps, per head, a state S (head_size x head_size) that decays by kappa once per
-# environment step and restarts with each episode:  S_t = kappa S_{t-1} + sum_tokens k^T v,
-# out = q S_t. The encoder lets a token see every agent of its own timestep; the decoder only the
-# agents before it (and itself), which makes it auto-regressive over agents.
-# Three forms compute the same thing: step by step (acting), one chunk over a whole sequence
-# (parallel), and a scan over chunks carrying S (chunkwise; training, `--chunk-size`).
-# ---------------------------------------------------------------------------------------------
-def decay_rates(n_head: int, decay_scaling_factor: float) -> np.ndarray:
-    """kappa per head: 1 - 1/32 ... 1 - 1/512, log-spaced (RetNet's multi-scale decay), times the factor."""
-    return (1.0 - np.exp(np.linspace(np.log(1 / 32), np.log(1 / 512), n_head))) * decay_scaling_factor
-
-
-def positional_encoding(step: jax.Array, dim: int) -> jax.Array:
-    """Sinusoidal encoding of the environment step count: sin on even features, cos on odd ones."""
-    angle = step[..., None].astype(jnp.float32) * jnp.exp(jnp.arange(0, dim, 2) * (-np.log(10000.0) / dim))
-    return jnp.stack([jnp.sin(angle), jnp.cos(angle)], axis=-1).reshape(*step.shape, -1)[..., :dim]
-
-
-def retention_step(q, k, v, state, decay):
-    """Recurrent form for the tokens of one step. q, k, v [B, n, H, d]; state [B, H, d, d]; decay [B, H]
-    multiplies the state first (kappa at a new timestep, 0 where an episode starts, 1 for a later
-    agent of the same timestep). Every token sees the updated state, its own step's tokens included."""
-    state = state * decay[..., None, None] + jnp.einsum("bnhd,bnhe->bhde", k, v)
-    return jnp.einsum("bnhd,bhde->bnhe", q, state), state
-
-
-def retention_chunk(q, k, v, state, kappa, start, n_agents: int, causal: bool):
-    """Chunkwise form over C timesteps of n_agents tokens each (L = C * n_agents).
-    q, k, v [B, L, H, d]; state [B, H, d, d] before the chunk; kappa [H]; start [B, C] (the timestep
-    opens an episode). Token i retains token j with weight kappa^(t_i - t_j) when t_j <= t_i, both lie
-    in the same episode and (decoder, `causal`) j <= i; the state from before the chunk enters with
-    kappa^(t_i + 1) until the chunk's first episode start."""
-    length = q.shape[1]
-    time = jnp.arange(length) // n_agents
-    episode = jnp.repeat(jnp.cumsum(start, axis=1), n_agents, axis=1)  # [B, L] episodes begun in this chunk
-    gap = time[:, None] - time[None, :]
-    allowed = (gap >= 0)[None] & (episode[:, :, None] == episode[:, None, :])
-    if causal:
-        allowed &= jnp.tril(jnp.ones((length, length), bool))[None]
-    log_kappa = jnp.log(kappa)[None, :, None, None]
-    decay = jnp.where(allowed[:, None], jnp.exp(jnp.maximum(gap, 0)[None, None] * log_kappa), 0.0)  # [B, H, L, L]
-    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, L, d]: plain batched matmuls (fast on CPU)
-    inner = ((q @ jnp.swapaxes(k, -1, -2)) * decay) @ v
-    xi = jnp.where((episode == 0)[:, None, :, None], jnp.exp((time + 1)[None, None, :, None] * log_kappa), 0.0)
-    cross = (q @ state) * xi  # xi [B, H, L, 1]
-    # The state after the chunk: every token weighted as the chunk's last token retains it.
-    carried = state * (kappa ** (length // n_agents))[None, :, None, None] * (episode[:, -1] == 0)[:, None, None, None]
-    state = jnp.swapaxes(k, -1, -2) @ (v * decay[:, :, -1, :, None]) + carried
-    return jnp.swapaxes(inner + cross, 1, 2), state
-
-
-class Retention(nn.Module):
-    """Multi-scale retention: positional encoding added to key, query and value inputs; one decay
-    rate per head; each head's output normalised; gated by swish(key W_g), projected by W_o."""
-
-    embed_dim: int
-    n_head: int
-    kappa: tuple  # decay rate per head
-    causal: bool  # decoder: a token retains only tokens up to itself
-
-    def setup(self):
-        init = nn.initializers.normal(stddev=1.0 / self.embed_dim)
-        shape = (self.embed_dim, self.embed_dim)
-        self.w_q = self.param("w_q", init, shape)
-        self.w_k = self.param("w_k", init, shape)
-        self.w_v = self.param("w_v", init, shape)
-        self.w_g = self.param("w_g", init, shape)
-        self.w_o = self.param("w_o", init, shape)
-        # Sable normalises each head's output as rows of head_size features in n_head groups.
-        self.head_norm = nn.GroupNorm(num_groups=self.n_head)
-
-    def __call__(self, key_in, query_in, value_in, step, state, reset, n_agents=None):
-        """Inputs are flat tokens [B * L, embed] (see `Sable`); step [B, L] gives the shape.
-        `n_agents` None: one step (`reset` = decay [B, H]); else a chunk (`reset` = start [B, C])."""
-        pe = positional_encoding(step.reshape(-1), self.embed_dim)
-        key_in, query_in, value_in = key_in + pe, query_in + pe, value_in + pe
-
-        def heads(x, w):
-            return (x @ w).reshape(*step.shape, self.n_head, self.embed_dim // self.n_head)
-
-        q, k, v = heads(query_in, self.w_q), heads(key_in, self.w_k), heads(value_in, self.w_v)
-        if n_agents is None:
-            out, state = retention_step(q, k, v, state, reset)
-        else:
-            out, state = retention_chunk(q, k, v, state, jnp.asarray(self.kappa, jnp.float32), reset, n_agents,
-                                         self.causal)
-        out = self.head_norm(out.reshape(-1, self.embed_dim // self.n_head)).reshape(key_in.shape)  # per head
-        return (jax.nn.swish(key_in @ self.w_g) * out) @ self.w_o, state
-
-
-# Sable's blocks end in a SwiGLU feed-forward whose three matrices are all zero-initialised: its
-# output and every gradient reaching it are zero, so it stays a no-op through training. It is left
-# out here; the layer norm that follows it is kept, so the function computed is the same.
-class EncoderBlock(nn.Module):
-    embed_dim: int
-    n_head: int
-    kappa: tuple
-
-    def setup(self):
-        self.retention = Retention(self.embed_dim, self.n_head, self.kappa, causal=False)
-        self.norm1, self.norm2 = nn.RMSNorm(), nn.RMSNorm()
-
-    def __call__(self, x, step, state, reset, n_agents=None):
-        out, state = self.retention(x, x, x, step, state, reset, n_agents)
-        return self.norm2(self.norm1(x + out)), state
-
-
-class DecoderBlock(nn.Module):
-    embed_dim: int
-    n_head: int
-    kappa: tuple
-
-    def setup(self):
-        self.self_retention = Retention(self.embed_dim, self.n_head, self.kappa, causal=True)
-        self.cross_retention = Retention(self.embed_dim, self.n_head, self.kappa, causal=True)
-        self.norm1, self.norm2, self.norm3 = nn.RMSNorm(), nn.RMSNorm(), nn.RMSNorm()
-
-    def __call__(self, x, obs_rep, step, states, reset, n_agents=None):
-        self_state, cross_state = states
-        out, self_state = self.self_retention(x, x, x, step, self_state, reset, n_agents)
-        x = self.norm1(x + out)
-        # Cross-retention: the encoder's observation representation queries the actions so far.
-        out, cross_state = self.cross_retention(x, obs_rep, x, step, cross_state, reset, n_agents)
-        return self.norm3(self.norm2(obs_rep + out)), (self_state, cross_state)
-
-
-class GuiderState(NamedTuple):
-    """Retention states [B, n_block, n_head, head_size, head_size] of the three retentions."""
-
-    encoder: jax.Array
-    decoder_self: jax.Array
-    decoder_cross: jax.Array
-
-
-class Sable(nn.Module):
-    num_actions: int
-    continuous: bool
-    n_block: int
-    n_head: int
-    embed_dim: int
-    decay_scaling_factor: float
-
-    def setup(self):
-        kappa = tuple(float(x) for x in decay_rates(self.n_head, self.decay_scaling_factor))
-        blocks = range(self.n_block)
-        self.obs_norm = nn.RMSNorm()
-        self.obs_embed = nn.Dense(self.embed_dim, use_bias=False, kernel_init=orthogonal(np.sqrt(2)))
-        self.block_norm = nn.RMSNorm()  # before every encoder block (one norm shared, as in Sable)
-        self.encoder_blocks = [EncoderBlock(self.embed_dim, self.n_head, kappa) for _ in blocks]
-        self.value_hidden = nn.Dense(self.embed_dim, kernel_init=orthogonal(np.sqrt(2)))
-        self.value_norm = nn.RMSNorm()
-        self.value_out = nn.Dense(1, kernel_init=orthogonal(0.01))
-        self.action_embed = nn.Dense(self.embed_dim, use_bias=self.continuous, kernel_init=orthogonal(np.sqrt(2)))
-        self.action_norm = nn.RMSNorm()
-        self.decoder_blocks = [DecoderBlock(self.embed_dim, self.n_head, kappa) for _ in blocks]
-        self.policy_hidden = nn.Dense(self.embed_dim, kernel_init=orthogonal(np.sqrt(2)))
-        self.policy_norm = nn.RMSNorm()
-        self.policy_out = nn.Dense(self.num_actions, kernel_init=orthogonal(0.01))
-        if self.continuous:
-            self.log_std = self.param("log_std", nn.initializers.zeros, (self.num_actions,))
-
-    # Between retentions the tokens travel flat, [B * tokens, features]: XLA:CPU computes the dense
-    # layers' weight gradients of a 3-d [B, tokens, features] input through slow transposes (3x slower).
-    def encode(self, obs, step, state, reset, n_agents=None):
-        """Observations [B, tokens, obs_dim] -> (value [B, tokens], representation, encoder state)."""
-        x = nn.gelu(self.obs_embed(self.obs_norm(obs.reshape(-1, obs.shape[-1]))))
-        new_state = []
-        for i, block in enumerate(self.encoder_blocks):
-            x, s = block(self.block_norm(x), step, state[:, i], reset, n_agents)
-            new_state.append(s)
-        value = self.value_out(self.value_norm(nn.gelu(self.value_hidden(x))))
-        return value.reshape(step.shape), x.reshape(*step.shape, -1), jnp.stack(new_state, axis=1)
-
-    def decode(self, action_in, obs_rep, step, states, reset, n_agents=None):
-        """Previous agents' actions [B, tokens, action_in] and obs representation -> policy outputs."""
-        x = self.action_norm(nn.gelu(self.action_embed(action_in.reshape(-1, action_in.shape[-1]))))
-        obs_rep = obs_rep.reshape(x.shape)
-        self_states, cross_states = [], []
-        for i, block in enumerate(self.decoder_blocks):
-            x, (s, c) = block(x, obs_rep, step, (states[0][:, i], states[1][:, i]), reset, n_agents)
-            self_states.append(s)
-            cross_states.append(c)
-        out = self.policy_out(self.policy_norm(nn.gelu(self.policy_hidden(x)))).reshape(*step.shape, -1)
-        if self.continuous:
-            out = (out, jnp.broadcast_to(self.log_std, out.shape))
-        return out, (jnp.stack(self_states, axis=1), jnp.stack(cross_states, axis=1))
-
-    def __call__(self, obs, action_in, step, state: GuiderState, start, n_agents: int):
-        """Parallel form over one chunk of tokens (training): the decoder is teacher-forced with the
-        actions taken. start [B, C] marks timesteps that open an episode."""
-        value, obs_rep, encoder = self.encode(obs, step, state.encoder, start, n_agents)
-        out, decoder = self.decode(action_in, obs_rep, step, (state.decoder_self, state.decoder_cross), start,
-                                   n_agents)
-        return value, out, GuiderState(encoder, *decoder)
-
-
-def action_token(action, num_actions: int, continuous: bool):
-    """Decoder input carrying an agent's action to the next agent: one-hot with a leading
-    start channel (discrete), the squashed action (continuous)."""
-    return jnp.tanh(action) if continuous else jax.nn.one_hot(action + 1, num_actions + 1)
-
-
-def start_token(shape, num_actions: int, continuous: bool):
-    """Decoder input of the first agent of every timestep."""
-    if continuous:
-        return jnp.zeros((*shape, num_actions))
-    return jnp.zeros((*shape, num_actions + 1)).at[..., 0].set(1.0)
-
-
-def decoder_inputs(action, num_actions: int, continuous: bool):
-    """Teacher forcing: actions [..., agents(, dim)] -> each agent's decoder input, the previous
-    agent's action at the same timestep (the start token for agent 0)."""
-    previous = action_token(action[..., :-1, :] if continuous else action[..., :-1], num_actions, continuous)
-    first = start_token(previous.shape[:-2] + (1,), num_actions, continuous)
-    return jnp.concatenate([first, previous], axis=-2)
-
-
-# =============================================================================================
-# Losses (pure functions on arrays; tests check them on hand-made inputs)
-# =============================================================================================
-def gae(rewards, values, dones, last_value, gamma, gae_lambda):
-    """Generalised advantage estimation, backwards over time (axis 0). `dones[t]` ends the episode
-    at transition t: the authors' Mava code bootstraps nothing past it, time limits included."""
-
-    def backwards(carry, x):
-        next_advantage, next_value = carry
-        reward, value, done = x
-        not_done = 1.0 - done.astype(jnp.float32)
-        delta = reward + gamma * next_value * not_done - value
-        advantage = delta + gamma * gae_lambda * not_done * next_advantage
-        return (advantage, value), advantage
-
-    _, advantages = jax.lax.scan(backwards, (jnp.zeros_like(last_value), last_value), (rewards, values, dones),
-                                 reverse=True)
-    return advantages, advantages + values
-
-
-def ppo_actor_loss(log_prob, old_log_prob, advantage, clip_eps):
-    """Clipped surrogate objective (to minimise) with per-minibatch advantage normalisation."""
-    advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-    ratio = jnp.exp(log_prob - old_log_prob)
-    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    return -jnp.minimum(ratio * advantage, clipped * advantage).mean()
-
-
-def ppo_value_loss(value, old_value, target, clip_eps):
-    """Clipped value loss: the larger of the plain and the clipped squared errors, halved."""
-    clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
-    return 0.5 * jnp.maximum(jnp.square(value - target), jnp.square(clipped - target)).mean()
-
-
-
-def distillation_kl(pi_guider, pi_learner, continuous: bool, direction: str) -> jax.Array:
-    """The student's imitation term per agent, the teacher held fixed: KL(teacher || student) by
-    default (as the authors' MAGPO code distils), KL(student || teacher) with `learner-guider`."""
-    pi_guider = jax.lax.stop_gradient(pi_guider)
-    if direction == "guider-learner":
-        return kl_divergence(pi_guider, pi_learner, continuous)
-    return kl_divergence(pi_learner, pi_guider, continuous)
-
-
-def teacher_loss(log_prob, old_log_prob, advantage, value, old_value, target, entropy, clip_eps, ent_coef, vf_coef):
-    """Plain Sable PPO (to minimise): clipped surrogate with r = mu / mu_old, minus the entropy bonus,
-    plus the clipped value loss. Returns (total, surrogate, value loss)."""
-    surrogate = ppo_actor_loss(log_prob, old_log_prob, advantage, clip_eps)
-    value_loss = ppo_value_loss(value, old_value, target, clip_eps)
-    return surrogate - ent_coef * entropy.mean() + vf_coef * value_loss, surrogate, value_loss
-
-
-def student_loss(distill_kl):
-    """The student learns by imitation alone: the mean KL to the teacher, no RL term (lambda = 0)."""
-    return distill_kl.mean()
-
-
-# =============================================================================================
-# Training
-# =============================================================================================
-class Transition(NamedTuple):
-    obs: jax.Array  # [T, E, A, obs_dim]
-    step: jax.Array  # [T, E] environment step count of the observation (Sable's positional encoding)
-    start: jax.Array  # [T, E] the observation opens an episode (recurrent states reset)
-    action_mask: jax.Array
-    action: jax.Array
-    log_prob: jax.Array  # [T, E, A] the guider's, i.e. the behaviour policy's (mu_old)
-    value: jax.Array  # [T, E, A] the guider's
-    reward: jax.Array  # [T, E]
-    done: jax.Array  # [T, E]
-
-
-class RunnerState(NamedTuple):
-    guider_params: dict
-    actor_params: dict  # the learner's
-    guider_opt_state: optax.OptState
-    actor_opt_state: optax.OptState
-    env_state: object
-    timestep: TimeStep
-    start: jax.Array  # [E] bool
-    guider_state: GuiderState  # [E, ...]
-    actor_h: jax.Array  # [E, A, gru]
-    key: jax.Array
-    best_score: jax.Array  # the learner's best evaluation score so far, and its parameters then
-    best_actor_params: dict
-    best_guider_score: jax.Array  # the same for the guider
-    best_guider_params: dict
-
-
-class Trainer(NamedTuple):
-    init: Callable  # init(key, hp) -> RunnerState
-    update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its epochs
-    learn: Callable  # learn(runner, hp) -> (runner, metrics): one evaluation interval of updates, then evaluation
-    evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics of the learner
-    evaluate_guider: Callable  # evaluate_guider(guider_params, key, num_episodes) -> the guider's
-    train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
-    num_updates_per_eval: int
-    # Pieces of `update`, exposed for tests:
-    rollout: Callable  # rollout(runner) -> (runner, trajectory, last value, episode ends)
-    guider_train_pass: Callable  # guider_train_pass(guider_params, state, trajectory) -> (value, policy outputs)
-    loss: Callable  # loss(guider_params, actor_params, batch, hp) -> (total, stats)
-    guider_act: Callable  # guider_act(guider_params, state, ts, start, key) -> (state, action, log-prob, env action, value)
-
-
-def step_count(ts: TimeStep, start: jax.Array) -> jax.Array:
-    """Steps taken in the current episode ([E]): 0 where it starts, the running length otherwise."""
-    return jnp.where(start, 0, ts.episode_length)
-
-
-def optimiser(lr, max_grad_norm):
-    """Clip by global gradient norm, then Adam with eps 1e-5 (the authors' optimiser)."""
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
-
-
-def make_env_sharding() -> Callable:
-    """Data parallelism over all devices: `shard_envs(tree, env_axis)` splits every array's
-    environment axis across them (a no-op on one device). XLA's partitioner then runs each device's
-    environments and sequences locally and sums the gradients of the mean losses with an all-reduce,
-    so the result is the single-device one up to the order of floating-point sums."""
-    devices = jax.devices()
-    if len(devices) == 1:
-        return lambda tree, env_axis=0: tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("envs",))
-
-    def shard_envs(tree, env_axis=0):
-        def constrain(x):
-            spec = jax.sharding.PartitionSpec(*([None] * env_axis + ["envs"]))
-            return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-
-        return jax.tree.map(constrain, tree)
-
-    return shard_envs
-
-
-def make_train(args: Args, env: EnvSpec) -> Trainer:
-    num_agents, num_actions, continuous = env.num_agents, env.num_actions, env.continuous
-    steps_per_update = args.num_envs * args.rollout_length
-    num_updates_per_eval = args.total_timesteps // steps_per_update // args.num_evaluations
-    envs_per_minibatch = args.num_envs // args.num_minibatches
-    chunk_size = args.chunk_size or args.rollout_length
-    actor = RecurrentNet(num_actions, 0.01, args.layer_size, args.gru_size, gaussian_policy=continuous)
-    sable = Sable(num_actions, continuous, args.n_block, args.n_head, args.embed_dim, args.decay_scaling_factor)
-    kappa = jnp.asarray(decay_rates(args.n_head, args.decay_scaling_factor), jnp.float32)
-    head_size = args.embed_dim // args.n_head
-    reset_envs = jax.vmap(env.reset)
-    step_envs = env.step_many
-    shard_envs = make_env_sharding()
-
-    def zeros_h(batch):
-        return jnp.zeros((batch, num_agents, args.gru_size), jnp.float32)
-
-    def zeros_guider(batch):
-        return GuiderState(*[jnp.zeros((batch, args.n_block, args.n_head, head_size, head_size), jnp.float32)] * 3)
-
-    def init(key, hp):
-        key, key_actor, key_guider, key_env = jax.random.split(key, 4)
-        env_state, ts = shard_envs(reset_envs(jax.random.split(key_env, args.num_envs)))
-        start = jnp.ones((1, num_agents), bool)
-        actor_params = actor.init(key_actor, zeros_h(1), ts.obs[:1], start)
-        dummy_action = jnp.zeros((1, num_agents, num_actions + (0 if continuous else 1)))
-        guider_params = sable.init(key_guider, ts.obs[:1], dummy_action, jnp.zeros((1, num_agents), jnp.int32),
-                                   zeros_guider(1), jnp.ones((1, 1), bool), num_agents)
-        opt = optimiser(hp["lr"], hp["max_grad_norm"])
-        return RunnerState(
-            guider_params, actor_params, opt.init(guider_params), opt.init(actor_params),
-            env_state, ts,
-            *shard_envs((jnp.ones((args.num_envs,), bool), zeros_guider(args.num_envs), zeros_h(args.num_envs))), key,
-            jnp.array(-jnp.inf, jnp.float32), actor_params, jnp.array(-jnp.inf, jnp.float32), guider_params)
-
-    def per_agent(x):
-        """[..., E] -> [..., E, A]: every agent of the environment."""
-        return jnp.broadcast_to(x[..., None], x.shape + (num_agents,))
-
-    def act(actor_params, h, ts, start, key, greedy=False):
-        """The learner (student): one decentralised step of every agent -> (new GRU state, stored action,
-        log-prob, env action)."""
-        h, out = actor.apply(actor_params, h, ts.obs, per_agent(start))
-        return (h, *sample_action(key, mask_logits(out, ts.action_mask, continuous), continuous, greedy))
-
-    def guider_encode(guider_params, state, ts, start):
-        """Encoder step on every agent's observation: (value [E, A], representation, decay, state)."""
-        decay = jnp.where(start[:, None], 0.0, kappa[None, :])  # decay once per step; restart with the episode
-        value, obs_rep, encoder = sable.apply(guider_params, ts.obs, per_agent(step_count(ts, start)), state.encoder,
-                                              decay, method=Sable.encode)
-        return value, obs_rep, decay, state._replace(encoder=encoder)
-
-    def guider_act(guider_params, state, ts, start, key, greedy=False):
-        """The guider (teacher): encode all agents, then decode their actions one after another, each agent
-        seeing the actions chosen before it (recurrent form). -> (state, action, log-prob, env action, value)."""
-        value, obs_rep, decay, state = guider_encode(guider_params, state, ts, start)
-        step = step_count(ts, start)[:, None]
-
-        def next_agent(carry, inputs):
-            token, self_state, cross_state, key = carry
-            first, obs_rep_j, mask_j = inputs
-            key, key_j = jax.random.split(key)  # one key after another, as the authors' decoder loop draws them
-            out, (self_state, cross_state) = sable.apply(
-                guider_params, token[:, None], obs_rep_j[:, None], step, (self_state, cross_state),
-                jnp.where(first, decay, 1.0), method=Sable.decode)
-            pi = mask_logits(jax.tree.map(lambda x: x[:, 0], out), mask_j, continuous)
-            action, log_prob, env_action = sample_action(key_j, pi, continuous, greedy)
-            token = action_token(action, num_actions, continuous)
-            return (token, self_state, cross_state, key), (action, log_prob, env_action)
-
-        carry = (start_token((start.shape[0],), num_actions, continuous), state.decoder_self, state.decoder_cross, key)
-        agents_first = (jnp.arange(num_agents) == 0, jnp.swapaxes(obs_rep, 0, 1), jnp.swapaxes(ts.action_mask, 0, 1))
-        (_, self_state, cross_state, _), outputs = jax.lax.scan(next_agent, carry, agents_first)
-        action, log_prob, env_action = (jnp.swapaxes(x, 0, 1) for x in outputs)
-        return state._replace(decoder_self=self_state, decoder_cross=cross_state), action, log_prob, env_action, value
-
-    def guider_train_pass(guider_params, state, traj):
-        """Teacher-forced chunkwise pass over time-major sequences [T, B, A, ...]: a scan over chunks of
-        `--chunk-size` timesteps carrying the retention states. -> (value, policy outputs), time-major."""
-        batch = traj.obs.shape[1]
-
-        def chunks(x):  # [T, B, ...] -> [T / C, B, C * rest of the token axis...]
-            x = jnp.swapaxes(x, 0, 1).reshape(batch, args.rollout_length // chunk_size, chunk_size, *x.shape[2:])
-            return jnp.swapaxes(x, 0, 1)
-
-        def tokens(x):  # [n, B, C, A, ...] -> [n, B, C * A, ...]
-            return x.reshape(*x.shape[:2], -1, *x.shape[4:])
-
-        action_in = decoder_inputs(traj.action, num_actions, continuous)
-        xs = (tokens(chunks(traj.obs)), tokens(chunks(action_in)), tokens(chunks(per_agent(traj.step))),
-              chunks(traj.start))
-
-        def one_chunk(state, x):
-            obs, action_in, step, start = x
-            value, out, state = sable.apply(guider_params, obs, action_in, step, state, start, num_agents)
-            return state, (value, out)
-
-        _, (value, out) = jax.lax.scan(one_chunk, state, xs)
-
-        def time_major(x):  # [n, B, C * A, ...] -> [T, B, A, ...]
-            x = x.reshape(x.shape[0], batch, chunk_size, num_agents, *x.shape[3:])
-            return jnp.swapaxes(x, 1, 2).reshape(args.rollout_length, batch, num_agents, *x.shape[4:])
-
-        return time_major(value), jax.tree.map(time_major, out)
-
-    def rollout(runner: RunnerState):
-        def one_step(carry, key):
-            env_state, ts, start, guider_state, actor_h = carry
-            key_action, key_env = jax.random.split(key)
-            guider_state, action, log_prob, env_action, value = guider_act(runner.guider_params, guider_state, ts,
-                                                                           start, key_action)
-            # The student only follows along, so that its GRU state is right when training replays it.
-            actor_h, _ = actor.apply(runner.actor_params, actor_h, ts.obs, per_agent(start))
-            env_state, next_ts = step_envs(jax.random.split(key_env, args.num_envs), env_state, env_action)
-            transition = Transition(ts.obs, step_count(ts, start), start, ts.action_mask, action, log_prob, value,
-                                    next_ts.reward, next_ts.done)
-            episode = (next_ts.done, next_ts.episode_return, next_ts.won)
-            return shard_envs((env_state, next_ts, next_ts.done, guider_state, actor_h)), (transition, episode)
-
-        key, key_rollout = jax.random.split(runner.key)
-        carry = (runner.env_state, runner.timestep, runner.start, runner.guider_state, runner.actor_h)
-        carry, (traj, episodes) = jax.lax.scan(one_step, carry, jax.random.split(key_rollout, args.rollout_length))
-        env_state, ts, start, guider_state, actor_h = carry
-        last_value = guider_encode(runner.guider_params, guider_state, ts, start)[0]
-        runner = runner._replace(env_state=env_state, timestep=ts, start=start, guider_state=guider_state,
-                                 actor_h=actor_h, key=key)
-        return runner, traj, last_value, episodes
-
-    def loss_fn(guider_params, actor_params, batch, hp):
-        """Both losses from the same parameters in one backward pass. The teacher's does not involve
-        the student at all; the student's stops the gradient into the teacher."""
-        traj, guider_state0, actor_h0, advantage, target = batch
-        value, guider_out = guider_train_pass(guider_params, guider_state0, traj)
-        _, (learner_out,) = replay((actor,), (actor_params,), (actor_h0,), (traj.obs,), per_agent(traj.start))
-        pi_guider = mask_logits(guider_out, traj.action_mask, continuous)
-        pi_learner = mask_logits(learner_out, traj.action_mask, continuous)
-        log_prob_guider, entropy = log_prob_entropy(pi_guider, traj.action, continuous)
-        guider_total, surrogate, value_loss = teacher_loss(log_prob_guider, traj.log_prob, advantage, value, traj.value,
-                                                           target, entropy, hp["clip_eps"], hp["ent_coef"], hp["vf_coef"])
-        distill = distillation_kl(pi_guider, pi_learner, continuous, args.kl_direction)
-        return guider_total + student_loss(distill), {
-            "guider_loss": surrogate, "value_loss": value_loss, "entropy": entropy.mean(), "distill_loss": distill.mean()}
-
-    def update(runner: RunnerState, hp):
-        guider_state0, actor_h0 = runner.guider_state, runner.actor_h
-        runner, traj, last_value, episodes = rollout(runner)
-        rewards = jnp.broadcast_to(traj.reward[..., None], traj.value.shape)
-        dones = jnp.broadcast_to(traj.done[..., None], traj.value.shape)
-        advantage, target = gae(rewards, traj.value, dones, last_value, hp["gamma"], hp["gae_lambda"])
-        opt = optimiser(hp["lr"], hp["max_grad_norm"])
-        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-
-        def permute_agents(batch, order):
-            traj, guider_state0, actor_h0, advantage, target = batch
-            traj = traj._replace(**{name: jnp.take(getattr(traj, name), order, axis=2)
-                                    for name in ("obs", "action_mask", "action", "log_prob", "value")})
-            return (traj, guider_state0, jnp.take(actor_h0, order, axis=1), jnp.take(advantage, order, axis=2),
-                    jnp.take(target, order, axis=2))
-
-        def epoch(carry, key):
-            def minibatch(carry, batch):
-                guider_params, actor_params, guider_opt_state, actor_opt_state = carry
-                (_, stats), (guider_grad, actor_grad) = grad_fn(guider_params, actor_params, batch, hp)
-                guider_updates, guider_opt_state = opt.update(guider_grad, guider_opt_state)
-                actor_updates, actor_opt_state = opt.update(actor_grad, actor_opt_state)
-                carry = (optax.apply_updates(guider_params, guider_updates),
-                         optax.apply_updates(actor_params, actor_updates), guider_opt_state, actor_opt_state)
-                return carry, stats
-
-            # Minibatches are whole environment sequences (axis 1 in time-major arrays, axis 0 in the
-            # recurrent states at the rollout's start), so each replays from the state it started with.
-            key_envs, key_agents = jax.random.split(key)
-            perm = jax.random.permutation(key_envs, args.num_envs)
-
-            def split(x, env_axis):
-                x = jnp.take(x, perm, axis=env_axis)
-                x = x.reshape(x.shape[:env_axis] + (args.num_minibatches, envs_per_minibatch) + x.shape[env_axis + 1:])
-                return shard_envs(jnp.moveaxis(x, env_axis, 0), env_axis + 1)
-
-            batch = (traj, guider_state0, actor_h0, advantage, target)
-            if args.shuffle_agents:  # one agent order per epoch, as Sable and MAT train; the guider decodes in it
-                batch = permute_agents(batch, jax.random.permutation(key_agents, num_agents))
-            env_axes = (1, 0, 0, 1, 1)  # where each part keeps its environments
-            return jax.lax.scan(minibatch, carry, tuple(jax.tree.map(lambda x, axis=axis: split(x, axis), part)
-                                                        for part, axis in zip(batch, env_axes)))
-
-        key, key_epochs = jax.random.split(runner.key)
-        carry = (runner.guider_params, runner.actor_params, runner.guider_opt_state, runner.actor_opt_state)
-        carry, stats = jax.lax.scan(epoch, carry, jax.random.split(key_epochs, args.ppo_epochs))
-        runner = runner._replace(guider_params=carry[0], actor_params=carry[1], guider_opt_state=carry[2],
-                                 actor_opt_state=carry[3], key=key)
-        done, episode_return, won = episodes
-        n_done = jnp.maximum(done.sum(), 1)
-        stats = jax.tree.map(jnp.mean, stats)
-        stats["train_episode_return"] = jnp.where(done, episode_return, 0.0).sum() / n_done
-        stats["train_episodes"] = done.sum()
-        return runner, stats
-
-    def run_episodes(policy_step, policy_state, key, num_episodes):
-        """`num_episodes` episodes, each in its own environment, run for the time limit; only each
-        environment's first episode counts. policy_step(state, ts, start, key) -> (state, env action)."""
-        key_reset, key_run = jax.random.split(key)
-        env_state, ts = reset_envs(jax.random.split(key_reset, num_episodes))
-        zero_f = jnp.zeros((num_episodes,), jnp.float32)
-        carry = (env_state, ts, jnp.ones((num_episodes,), bool), policy_state, jnp.zeros((num_episodes,), bool),
-                 zero_f, jnp.zeros((num_episodes,), jnp.int32), zero_f)
-
-        def one_step(carry, key):
-            env_state, ts, start, policy_state, finished, ret, length, won = carry
-            key_action, key_env = jax.random.split(key)
-            policy_state, env_action = policy_step(policy_state, ts, start, key_action)
-            env_state, ts = step_envs(jax.random.split(key_env, num_episodes), env_state, env_action)
-            first_end = ts.done & ~finished
-            ret = jnp.where(first_end, ts.episode_return, ret)
-            length = jnp.where(first_end, ts.episode_length, length)
-            won = jnp.where(first_end, ts.won, won)
-            return (env_state, ts, ts.done, policy_state, finished | ts.done, ret, length, won), None
-
-        carry, _ = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
-        _, _, _, _, _, ret, length, won = carry
-        metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
-        return {name: metrics[name] for name in eval_metric_names(env.suite)}
-
-    def evaluate(actor_params, key, num_episodes):
-        """The student, the deployable policy: each agent acts on its own observation only."""
-        def policy_step(h, ts, start, key):
-            h, _, _, env_action = act(actor_params, h, ts, start, key, args.evaluation_greedy)
-            return h, env_action
-
-        return run_episodes(policy_step, zeros_h(num_episodes), key, num_episodes)
-
-    def evaluate_guider(guider_params, key, num_episodes):
-        """The teacher, centralised: reported beside the student, never in its place."""
-        def policy_step(state, ts, start, key):
-            state, _, _, env_action, _ = guider_act(guider_params, state, ts, start, key, args.evaluation_greedy)
-            return state, env_action
-
-        return run_episodes(policy_step, zeros_guider(num_episodes), key, num_episodes)
-
-    def keep_best(score, best_score, params, best_params):
-        better = score > best_score
-        return jnp.where(better, score, best_score), jax.tree.map(lambda new, old: jnp.where(better, new, old),
-                                                                  params, best_params)
-
-    def learn(runner: RunnerState, hp):
-        runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
-        key, key_eval, key_guider = jax.random.split(runner.key, 3)
-        evaluation = evaluate(runner.actor_params, key_eval, args.num_eval_episodes)
-        guider_evaluation = evaluate_guider(runner.guider_params, key_guider, args.num_eval_episodes)
-        metric = "episode_return"  # best by return on every suite, as the authors' code picks it
-        best_score, best_actor = keep_best(evaluation[metric].mean(), runner.best_score, runner.actor_params,
-                                           runner.best_actor_params)
-        best_guider_score, best_guider = keep_best(guider_evaluation[metric].mean(), runner.best_guider_score,
-                                                   runner.guider_params, runner.best_guider_params)
-        runner = runner._replace(key=key, best_score=best_score, best_actor_params=best_actor,
-                                 best_guider_score=best_guider_score, best_guider_params=best_guider)
-        return runner, {"eval": evaluation, "guider_eval": guider_evaluation, "train": stats}
-
-    def train(key, hp):
-        runner = init(key, hp)
-        return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
-
-    return Trainer(init, update, learn, evaluate, evaluate_guider, train, num_updates_per_eval, rollout, guider_train_pass,
-                   loss_fn, guider_act)
-
-
-# =============================================================================================
-# Command line: validation, outputs, progress
-# =============================================================================================
-class UsageError(ValueError):
-    """A bad command-line value; the message names the flag and what it accepts."""
-
-
-def validate(args: Args) -> EnvSpec:
-    """Check every flag before anything compiles; returns the environment."""
-    for name in ("num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_evaluations",
-                 "num_eval_episodes", "ppo_epochs", "num_minibatches", "layer_size", "gru_size", "n_block", "n_head",
-                 "embed_dim"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    for name in ("gamma", "gae_lambda"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    for name in ("clip_eps", "max_grad_norm", "lr"):
-        if not getattr(args, name) > 0.0 or not math.isfinite(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
-    for name in ("ent_coef", "vf_coef"):
-        if not getattr(args, name) >= 0.0 or not math.isfinite(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if not 0.0 < args.decay_scaling_factor <= 1.0:
-        raise UsageError(f"--decay-scaling-factor must be in (0, 1], got {args.decay_scaling_factor}")
-    head_size = args.embed_dim // args.n_head
-    if args.embed_dim % 2 or args.embed_dim % args.n_head or head_size % args.n_head:
-        raise UsageError(f"--embed-dim ({args.embed_dim}) must be even and divisible by --n-head ({args.n_head}), "
-                         f"and embed-dim / n-head by n-head again (Sable's per-head normalisation)")
-    if args.chunk_size is not None and (args.chunk_size < 1 or args.rollout_length % args.chunk_size):
-        raise UsageError(f"--chunk-size ({args.chunk_size}) must be a positive divisor of --rollout-length "
-                         f"({args.rollout_length})")
-    if args.num_envs % args.num_minibatches:
-        raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
-                         f"({args.num_minibatches}): minibatches hold whole environments")
-    if args.distributed and not jax.distributed.is_initialized():
-        try:  # before the first device query below, which starts the backend
-            jax.distributed.initialize()
-        except (ValueError, RuntimeError) as error:
-            raise UsageError(f"--distributed found no cluster to join ({error}): start one process per host "
-                             "under SLURM, Open MPI, Kubernetes or Cloud TPU, or leave the flag off") from None
-    devices = jax.device_count()
-    if (args.num_envs // args.num_minibatches) % devices:
-        raise UsageError(f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "
-                         f"minibatch) must be a multiple of the {devices} devices: each device takes an equal share")
-    steps_per_update = args.num_envs * args.rollout_length
-    if args.total_timesteps < steps_per_update * args.num_evaluations:
-        raise UsageError(
-            f"--total-timesteps ({args.total_timesteps}) is too small for --num-evaluations ({args.num_evaluations}): "
-            f"each checkpoint needs at least one update of --num-envs x --rollout-length = {steps_per_update} steps, "
-            f"so use at least {steps_per_update * args.num_evaluations} or fewer evaluations")
-    try:
-        return make_env(args.env_id)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-
-
 def make_run_dir(args: Args) -> str:
     run_name = f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
@@ -1423,8 +1666,13 @@ def marl_eval_summary(env: EnvSpec, args: Args, checkpoints: list, absolute: dic
     task = env.env_id.split("-", 1)[1] if env.suite != "connector" else env.env_id
     runs = {}
     for s in range(args.num_seeds):
-        run = {f"step_{i}": {"step_count": c["env_steps"], **{k: [float(x) for x in v[s]] for k, v in c[eval_key].items()}}
-               for i, c in enumerate(checkpoints)}
+        run = {
+            f"step_{i}": {
+                "step_count": c["env_steps"],
+                **{k: [float(x) for x in v[s]] for k, v in c[eval_key].items()},
+            }
+            for i, c in enumerate(checkpoints)
+        }
         if absolute is not None:
             run["absolute_metrics"] = {k: [float(x) for x in v[s]] for k, v in absolute.items()}
         runs[f"seed_{args.seed + s}"] = run
@@ -1434,111 +1682,6 @@ def marl_eval_summary(env: EnvSpec, args: Args, checkpoints: list, absolute: dic
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-LOSSES = ("guider_loss", "value_loss", "entropy", "distill_loss")
-
-
-def first_non_finite(train_stats: dict) -> int | None:
-    """Index of the first update (within the interval) whose losses are not finite, else None."""
-    losses = np.stack([np.asarray(train_stats[k]) for k in LOSSES], axis=-1)
-    bad = ~np.isfinite(losses).all(axis=-1).all(axis=0)  # [seeds, updates] -> [updates]
-    return int(np.argmax(bad)) if bad.any() else None
-
-
-def main(args: Args) -> str:
-    try:
-        env = validate(args)
-    except UsageError as error:
-        sys.exit(f"error: {error}")
-    if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
-        args = dataclasses.replace(args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False,
-                                   save_model=False)
-    run_dir = make_run_dir(args)
-    print(f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
-          f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}")
-    trainer = make_train(args, env)
-    hp = hparams_from_args(args)
-    keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
-    learn = jax.jit(jax.vmap(trainer.learn, in_axes=(0, None)), donate_argnums=0)
-    evaluators = {"eval": jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)), static_argnums=2),
-                  "guider_eval": jax.jit(jax.vmap(trainer.evaluate_guider, in_axes=(0, 0, None)), static_argnums=2)}
-    steps_per_interval = trainer.num_updates_per_eval * args.num_envs * args.rollout_length
-    if steps_per_interval * args.num_evaluations < args.total_timesteps:
-        print(f"note: training {steps_per_interval * args.num_evaluations} steps per seed "
-              f"(whole updates per checkpoint), not {args.total_timesteps}")
-    wandb_run = None
-    if args.track:
-        import wandb
-
-        wandb_run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=dataclasses.asdict(args),
-                               name=os.path.basename(run_dir), dir=run_dir)
-
-    t0 = time.time()
-    runner = init(keys, hp)
-    compiled = learn.lower(runner, hp).compile()
-    print(f"compiled in {time.time() - t0:.1f}s")
-    checkpoints, absolute, metric = [], {}, headline_metric(env.suite)
-    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-    train_start, exit_message = time.time(), None
-    try:
-        for i in range(args.num_evaluations):
-            runner, out = compiled(runner, hp)
-            out = jax.device_get(out)
-            bad = first_non_finite(out["train"])
-            if bad is not None:
-                update_number = i * trainer.num_updates_per_eval + bad + 1
-                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1}); "
-                                f"stopping. Metrics so far are in {run_dir}/metrics.jsonl")
-                break
-            elapsed = time.time() - train_start
-            env_steps = (i + 1) * steps_per_interval
-            guider = {f"guider_{k}": v for k, v in summarise(out["guider_eval"]).items()}
-            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed, 3),
-                      "sps": round(env_steps / elapsed, 1), **summarise(out["eval"]), **guider,
-                      **{k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()}}
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            checkpoints.append({"env_steps": env_steps, "eval": out["eval"], "guider_eval": out["guider_eval"]})
-            mean = np.mean(record[f"{metric}_mean"])
-            spread = np.std(record[f"{metric}_mean"]) if args.num_seeds > 1 else np.mean(record[f"{metric}_std"])
-            eta = elapsed / (i + 1) * (args.num_evaluations - i - 1)
-            print(f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
-                  f"student {metric} {mean:8.3f} ± {spread:.3f} | teacher {np.mean(record[f'guider_{metric}_mean']):8.3f}"
-                  f" | ETA {format_duration(eta)}", flush=True)
-            if wandb_run is not None:
-                wandb_run.log({k: float(np.mean(v)) for k, v in record.items() if k != "checkpoint"}, step=env_steps)
-        else:
-            key_abs = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(args.num_seeds))
-            for name, params in (("eval", runner.best_actor_params), ("guider_eval", runner.best_guider_params)):
-                absolute[name] = jax.device_get(evaluators[name](params, key_abs, 10 * args.num_eval_episodes))
-                means = np.asarray(absolute[name][metric]).mean(axis=-1)
-                print(f"absolute {metric} of the {'student' if name == 'eval' else 'teacher'} (best parameters, "
-                      f"{10 * args.num_eval_episodes} episodes): {means.mean():.3f} ± {means.std():.3f} "
-                      f"over {args.num_seeds} seed(s)")
-    except KeyboardInterrupt:
-        exit_message = f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl"
-    finally:
-        metrics_file.close()
-        # The student under this script's name (the deployable policy); the teacher beside it.
-        summary = marl_eval_summary(env, args, checkpoints, absolute.get("eval"))
-        guider = marl_eval_summary(env, args, checkpoints, absolute.get("guider_eval"), f"{ALGORITHM}_guider",
-                                   "guider_eval")
-        for task, algorithms in guider[env.suite].items():
-            summary[env.suite][task].update(algorithms)
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f)
-        if args.save_model and checkpoints:
-            for name, params in (("actor_final", runner.actor_params), ("actor_best", runner.best_actor_params),
-                                 ("guider_final", runner.guider_params), ("guider_best", runner.best_guider_params)):
-                with open(os.path.join(run_dir, f"{name}.msgpack"), "wb") as f:
-                    f.write(serialization.to_bytes(jax.device_get(params)))
-        if wandb_run is not None:
-            wandb_run.finish()
-    if exit_message:
-        sys.exit(exit_message)
-    return run_dir
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import difflib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -40,7 +41,6 @@ import tyro
 from flax import serialization
 from flax.linen.initializers import constant, orthogonal
 
-import coordsum
 
 ALGORITHM = "mappo"
 
@@ -48,9 +48,11 @@ ALGORITHM = "mappo"
 @dataclass
 class Args:
     env_id: str = "rware-tiny-2ag"
-    """environment id `<suite>-<task>`, e.g. rware-tiny-2ag, lbf-2s-8x8-2p-2f-coop, con-5x5x3a, mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10"""
+    """environment id `<suite>-<task>`, e.g. rware-tiny-2ag, lbf-2s-8x8-2p-2f-coop, con-5x5x3a,
+    mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10"""
     seed: int = 0
-    """seed of the first run; the i-th of --num-seeds runs uses seed + i, so it equals a single run with that seed"""
+    """seed of the first run; the i-th of --num-seeds runs uses seed + i, so it equals a single run with that
+    seed"""
     num_seeds: int = 1
     """independent runs trained together in one compiled program (vmapped)"""
     total_timesteps: int = 20_000_000
@@ -116,37 +118,619 @@ def hparams_from_args(args: Args) -> dict[str, jax.Array]:
 
 
 # =============================================================================================
+# Networks
+# =============================================================================================
+# Learner network and distributions (identical in every script; tests/test_consistency.py holds them together)
+def stacked_orthogonal(key, shape, dtype=jnp.float32):
+    """[H, k*H] kernel of k independent orthogonal [H, H] blocks: flax's GRUCell initialises each
+    gate's recurrent kernel this way, and the fused kernel below keeps that."""
+    keys = jax.random.split(key, shape[1] // shape[0])
+    return jnp.concatenate([orthogonal()(k, (shape[0], shape[0]), dtype) for k in keys], axis=-1)
+
+
+class RecurrentNet(nn.Module):
+    """Dense -> GRU -> Dense with ReLU, then a linear head (the paper's Table 3 network): logits or a
+    Gaussian's mean for an actor, a value for a critic. The GRU state is zeroed where an episode starts
+    (`start`, before this step's input). `__call__` is one time step, as acting needs; `replay` runs
+    `embed` and `head` on all steps at once and only `recur` step by step. The GRU is flax's GRUCell
+    with its three gates' kernels fused (tests/test_ppo.py checks it against nn.GRUCell)."""
+
+    out_size: int
+    out_scale: float  # orthogonal init scale of the head: 0.01 for a policy, 1.0 for a value
+    layer_size: int
+    gru_size: int
+    gaussian_policy: bool = False  # add a state-independent log-std (MPE's continuous actions)
+
+    def setup(self):
+        def dense(size, scale):
+            return nn.Dense(size, kernel_init=orthogonal(scale), bias_init=constant(0.0))
+
+        self.pre_torso, self.post_torso = (
+            dense(self.layer_size, np.sqrt(2)),
+            dense(self.layer_size, np.sqrt(2)),
+        )
+        self.output = dense(self.out_size, self.out_scale)
+        # GRUCell's parameters, gates side by side in the order reset, update, candidate (r, z, n).
+        self.gru_input = nn.Dense(3 * self.gru_size, bias_init=constant(0.0))  # W_i[rzn] x + b_i[rzn]
+        self.gru_hidden = nn.Dense(3 * self.gru_size, use_bias=False,
+                                   kernel_init=stacked_orthogonal)  # W_h[rzn] h
+        self.gru_hidden_bias_n = self.param("gru_hidden_bias_n", constant(0.0), (self.gru_size,))  # b_hn
+        if self.gaussian_policy:
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.out_size,))
+
+    def __call__(self, h, x, start):
+        h, y = self.recur(h, self.embed(x), start)
+        return h, self.head(y)
+
+    def embed(self, x):
+        return self.gru_input(nn.relu(self.pre_torso(x)))
+
+    def recur(self, h, gru_in, start):
+        h = jnp.where(start[..., None], jnp.zeros_like(h), h)
+        in_r, in_z, in_n = jnp.split(gru_in, 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(self.gru_hidden(h), 3, axis=-1)
+        r, z = nn.sigmoid(in_r + h_r), nn.sigmoid(in_z + h_z)
+        n = jnp.tanh(in_n + r * (h_n + self.gru_hidden_bias_n))
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    def head(self, y):
+        out = self.output(nn.relu(self.post_torso(y)))
+        return (out, jnp.broadcast_to(self.log_std, out.shape)) if self.gaussian_policy else out
+
+
+def replay(nets, params, hs, xs, start):
+    """Run recurrent nets over [T, ...] sequences: `embed` and `head` on all steps at once, as 2-d
+    [steps, features] matmuls, and the GRUs side by side in one scan over time, so that the scan does
+    as little per step as it can (README, "Where the time goes"). Returns the final GRU states and
+    each net's outputs for every step."""
+
+    def on_all_steps(fn, x):  # [..., F] -> fn on [N, F] -> [..., F']
+        y = fn(x.reshape(-1, x.shape[-1]))
+        return jax.tree.map(lambda v: v.reshape(x.shape[:-1] + v.shape[-1:]), y)
+
+    gru_ins = [
+        on_all_steps(lambda v: net.apply(p, v, method="embed"), x) for net, p, x in zip(nets, params, xs)
+    ]
+
+    def one_step(hs, inputs):
+        *gru_ins_t, start_t = inputs
+        steps = [
+            net.apply(p, h, g, start_t, method="recur") for net, p, h, g in zip(nets, params, hs, gru_ins_t)
+        ]
+        return tuple(h for h, _ in steps), tuple(y for _, y in steps)
+
+    # Checkpointed: the backward pass recomputes each step's gates, cheaper on a CPU than saving them.
+    hs, ys = jax.lax.scan(jax.checkpoint(one_step), tuple(hs), (*gru_ins, start))
+    return hs, tuple(
+        on_all_steps(lambda v: net.apply(p, v, method="head"), y) for net, p, y in zip(nets, params, ys)
+    )
+
+
+# A large finite number rather than -inf: masked actions get probability 0 and entropy stays finite.
+MASKED_LOGIT = -1e9
+
+
+def mask_logits(out, action_mask, continuous: bool):
+    """Discrete heads: masked actions get MASKED_LOGIT; continuous heads pass through."""
+    return out if continuous else jnp.where(action_mask, out, MASKED_LOGIT)
+
+
+def policy_distribution(pi, continuous: bool) -> distrax.Distribution:
+    """Discrete: masked categorical. Continuous: Gaussian over the *pre-tanh* action with scale
+    softplus(log_std) + 1e-3 (Mava's parameterisation and name); the tanh squashing is applied on the
+    way to the environment and its log-det in `log_prob_entropy`."""
+    if continuous:
+        loc, log_std = pi
+        return distrax.MultivariateNormalDiag(loc, jax.nn.softplus(log_std) + 1e-3)
+    return distrax.Categorical(logits=pi)
+
+
+def tanh_log_det(raw: jax.Array) -> jax.Array:
+    """sum log |d tanh(x)/dx| = sum log(1 - tanh(x)^2), in a form that is stable for large |x|."""
+    return jnp.sum(2.0 * (jnp.log(2.0) - raw - jax.nn.softplus(-2.0 * raw)), axis=-1)
+
+
+def action_log_prob(dist: distrax.Distribution, action: jax.Array, continuous: bool) -> jax.Array:
+    """log pi(a); for the tanh-squashed Gaussian, of the squashed action (change of variables)."""
+    log_prob = dist.log_prob(action)
+    return log_prob - tanh_log_det(action) if continuous else log_prob
+
+
+def sample_action(key, pi, continuous: bool, greedy=False):
+    """Returns (stored action, log-probability, action for the environment). Continuous actions
+    are stored before the tanh, so that their log-probability needs no atanh later."""
+    dist = policy_distribution(pi, continuous)
+    action = dist.mode() if greedy else dist.sample(seed=key)
+    return action, action_log_prob(dist, action, continuous), jnp.tanh(action) if continuous else action
+
+
+def log_prob_entropy(pi, action, continuous: bool):
+    """Log-probability of stored actions and the policy's entropy (of the pre-tanh Gaussian where
+    continuous: the squashed one has no closed form, and the two differ by the expected log-det)."""
+    dist = policy_distribution(pi, continuous)
+    return action_log_prob(dist, action, continuous), dist.entropy()
+# End of the learner network and distributions.
+
+
+# =============================================================================================
+# PPO pieces (pure functions on arrays; tests check them on hand-made inputs)
+# =============================================================================================
+def gae(rewards, values, dones, last_value, gamma, gae_lambda):
+    """Generalised advantage estimation, backwards over time (axis 0). `dones[t]` ends the episode
+    at transition t: the authors' Mava code bootstraps nothing past it, time limits included."""
+
+    def backwards(carry, x):
+        next_advantage, next_value = carry
+        reward, value, done = x
+        not_done = 1.0 - done.astype(jnp.float32)
+        delta = reward + gamma * next_value * not_done - value
+        advantage = delta + gamma * gae_lambda * not_done * next_advantage
+        return (advantage, value), advantage
+
+    _, advantages = jax.lax.scan(
+        backwards, (jnp.zeros_like(last_value), last_value), (rewards, values, dones), reverse=True
+    )
+    return advantages, advantages + values
+
+
+def ppo_actor_loss(log_prob, old_log_prob, advantage, clip_eps):
+    """Clipped surrogate objective (to minimise) with per-minibatch advantage normalisation."""
+    advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+    ratio = jnp.exp(log_prob - old_log_prob)
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    return -jnp.minimum(ratio * advantage, clipped * advantage).mean()
+
+
+def ppo_value_loss(value, old_value, target, clip_eps):
+    """Clipped value loss: the larger of the plain and the clipped squared errors, halved."""
+    clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
+    return 0.5 * jnp.maximum(jnp.square(value - target), jnp.square(clipped - target)).mean()
+
+
+# =============================================================================================
+# Training
+# =============================================================================================
+class Transition(NamedTuple):
+    obs: jax.Array  # [T, E, A, obs_dim]
+    critic_in: jax.Array  # [T, E, A, critic_dim]
+    start: jax.Array  # [T, E] the observation opens an episode (GRU states reset)
+    action_mask: jax.Array
+    action: jax.Array
+    log_prob: jax.Array  # [T, E, A]
+    value: jax.Array  # [T, E, A]
+    reward: jax.Array  # [T, E]
+    done: jax.Array  # [T, E]
+
+
+class RunnerState(NamedTuple):
+    actor_params: dict
+    critic_params: dict
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    env_state: object
+    timestep: TimeStep
+    start: jax.Array  # [E] bool
+    actor_h: jax.Array  # [E, A, gru]
+    critic_h: jax.Array
+    key: jax.Array
+    best_score: jax.Array  # best evaluation score so far, and the actor parameters that made it
+    best_actor_params: dict
+
+
+class Trainer(NamedTuple):
+    init: Callable  # init(key, hp) -> RunnerState
+    update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its PPO epochs
+    learn: Callable  # learn(runner, hp) -> (runner, metrics): an interval of updates, then evaluation
+    evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics
+    train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
+    num_updates_per_eval: int
+    loss: Callable  # loss(actor_params, critic_params, batch, hp) -> (total, stats), exposed for tests
+
+
+# what gradient steps change
+TRAINED = ("actor_params", "critic_params", "actor_opt_state", "critic_opt_state")
+
+
+def critic_input(ts: TimeStep, num_agents: int) -> jax.Array:
+    """MAPPO's critic sees the global state, the same copy for every agent (no agent id, as the
+    authors' wrappers build it: the team reward makes every agent's value the same)."""
+    return jnp.broadcast_to(ts.state[..., None, :], ts.state.shape[:-1] + (num_agents, ts.state.shape[-1]))
+
+
+def optimiser(lr, max_grad_norm):
+    """Clip by global gradient norm, then Adam with eps 1e-5 (the authors' optimiser)."""
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+def make_env_sharding() -> Callable:
+    """Data parallelism over all devices: `shard_envs(tree, env_axis)` splits every array's
+    environment axis across them (a no-op on one device). XLA's partitioner then runs each device's
+    environments and sequences locally and sums the gradients of the mean losses with an all-reduce,
+    so the result is the single-device one up to the order of floating-point sums."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return lambda tree, env_axis=0: tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("envs",))
+
+    def shard_envs(tree, env_axis=0):
+        def constrain(x):
+            spec = jax.sharding.PartitionSpec(*([None] * env_axis + ["envs"]))
+            return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
+
+        return jax.tree.map(constrain, tree)
+
+    return shard_envs
+
+
+def per_agent(x, num_agents: int):
+    """[..., E] -> [..., E, A]: a per-environment value for every agent of the environment."""
+    return jnp.broadcast_to(x[..., None], x.shape + (num_agents,))
+
+
+def make_train(args: Args, env: EnvSpec) -> Trainer:
+    num_agents, continuous = env.num_agents, env.continuous
+    steps_per_update = args.num_envs * args.rollout_length
+    num_updates_per_eval = args.total_timesteps // steps_per_update // args.num_evaluations
+    envs_per_minibatch = args.num_envs // args.num_minibatches
+    actor = RecurrentNet(env.num_actions, 0.01, args.layer_size, args.gru_size, gaussian_policy=continuous)
+    critic = RecurrentNet(1, 1.0, args.layer_size, args.gru_size)
+    evaluate = make_evaluator(args, env, actor)
+    shard_envs = make_env_sharding()
+
+    def init(key, hp):
+        key, key_actor, key_critic, key_env = jax.random.split(key, 4)
+        env_state, ts = shard_envs(jax.vmap(env.reset)(jax.random.split(key_env, args.num_envs)))
+        start = jnp.ones((1, num_agents), bool)
+        h = zeros_h(1, num_agents, args.gru_size)
+        actor_params = actor.init(key_actor, h, ts.obs[:1], start)
+        critic_params = critic.init(key_critic, h, critic_input(ts, num_agents)[:1], start)
+        start, actor_h, critic_h = shard_envs((jnp.ones((args.num_envs,), bool),
+                                               zeros_h(args.num_envs, num_agents, args.gru_size),
+                                               zeros_h(args.num_envs, num_agents, args.gru_size)))
+        return RunnerState(
+            actor_params=actor_params, critic_params=critic_params,
+            actor_opt_state=optimiser(hp["actor_lr"], hp["max_grad_norm"]).init(actor_params),
+            critic_opt_state=optimiser(hp["critic_lr"], hp["max_grad_norm"]).init(critic_params),
+            env_state=env_state, timestep=ts, start=start, actor_h=actor_h, critic_h=critic_h, key=key,
+            best_score=jnp.array(-jnp.inf, jnp.float32), best_actor_params=actor_params)
+
+    def value_of(critic_params, h, ts, start):
+        h, value = critic.apply(critic_params, h, critic_input(ts, num_agents), per_agent(start, num_agents))
+        return h, value[..., 0]
+
+    def rollout(runner: RunnerState):
+        def one_step(carry, key):
+            env_state, ts, start, actor_h, critic_h = carry
+            key_action, key_env = jax.random.split(key)
+            actor_h, out = actor.apply(runner.actor_params, actor_h, ts.obs, per_agent(start, num_agents))
+            action, log_prob, env_action = sample_action(
+                key_action, mask_logits(out, ts.action_mask, continuous), continuous
+            )
+            critic_h, value = value_of(runner.critic_params, critic_h, ts, start)
+            env_keys = jax.random.split(key_env, args.num_envs)
+            env_state, next_ts = env.step_many(env_keys, env_state, env_action)
+            transition = Transition(obs=ts.obs, critic_in=critic_input(ts, num_agents), start=start,
+                                    action_mask=ts.action_mask, action=action, log_prob=log_prob, value=value,
+                                    reward=next_ts.reward, done=next_ts.done)
+            episode = (next_ts.done, next_ts.episode_return, next_ts.won)
+            return shard_envs((env_state, next_ts, next_ts.done, actor_h, critic_h)), (transition, episode)
+
+        key, key_rollout = jax.random.split(runner.key)
+        carry = (runner.env_state, runner.timestep, runner.start, runner.actor_h, runner.critic_h)
+        keys = jax.random.split(key_rollout, args.rollout_length)
+        carry, (traj, episodes) = jax.lax.scan(one_step, carry, keys)
+        env_state, ts, start, actor_h, critic_h = carry
+        _, last_value = value_of(runner.critic_params, critic_h, ts, start)
+        runner = runner._replace(env_state=env_state, timestep=ts, start=start, actor_h=actor_h,
+                                 critic_h=critic_h, key=key)
+        return runner, traj, last_value, episodes
+
+    def loss_fn(actor_params, critic_params, batch, hp):
+        traj, actor_h0, critic_h0, advantage, target = batch
+        _, (out, value) = replay((actor, critic), (actor_params, critic_params), (actor_h0, critic_h0),
+                                 (traj.obs, traj.critic_in), per_agent(traj.start, num_agents))
+        pi, value = mask_logits(out, traj.action_mask, continuous), value[..., 0]
+        log_prob, entropy = log_prob_entropy(pi, traj.action, continuous)
+        actor_loss = ppo_actor_loss(log_prob, traj.log_prob, advantage, hp["clip_eps"])
+        value_loss = ppo_value_loss(value, traj.value, target, hp["clip_eps"])
+        entropy = entropy.mean()
+        total = actor_loss - hp["ent_coef"] * entropy + hp["vf_coef"] * value_loss
+        return total, {"actor_loss": actor_loss, "value_loss": value_loss, "entropy": entropy}
+
+    def update(runner: RunnerState, hp):
+        # ROLLOUT
+        actor_h0, critic_h0 = runner.actor_h, runner.critic_h
+        runner, traj, last_value, episodes = rollout(runner)
+        # ADVANTAGES
+        rewards = jnp.broadcast_to(traj.reward[..., None], traj.value.shape)
+        dones = jnp.broadcast_to(traj.done[..., None], traj.value.shape)
+        advantage, target = gae(rewards, traj.value, dones, last_value, hp["gamma"], hp["gae_lambda"])
+        # EPOCHS of minibatches; each minibatch holds whole environment sequences, so that it replays
+        # its GRUs from the states the rollout started with.
+        actor_opt = optimiser(hp["actor_lr"], hp["max_grad_norm"])
+        critic_opt = optimiser(hp["critic_lr"], hp["max_grad_norm"])
+        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+        def minibatch(trained, batch):
+            (_, stats), (actor_grad, critic_grad) = grad_fn(trained["actor_params"], trained["critic_params"],
+                                                            batch, hp)
+            actor_updates, actor_opt_state = actor_opt.update(actor_grad, trained["actor_opt_state"])
+            critic_updates, critic_opt_state = critic_opt.update(critic_grad, trained["critic_opt_state"])
+            return {"actor_params": optax.apply_updates(trained["actor_params"], actor_updates),
+                    "critic_params": optax.apply_updates(trained["critic_params"], critic_updates),
+                    "actor_opt_state": actor_opt_state, "critic_opt_state": critic_opt_state}, stats
+
+        def epoch(trained, key):
+            perm = jax.random.permutation(key, args.num_envs)
+
+            def split(x, env_axis):  # [..., E, ...] -> [minibatches, ..., E / minibatches, ...], shuffled
+                x = jnp.take(x, perm, axis=env_axis)
+                x = x.reshape(x.shape[:env_axis] + (args.num_minibatches, envs_per_minibatch)
+                              + x.shape[env_axis + 1:])
+                return shard_envs(jnp.moveaxis(x, env_axis, 0), env_axis + 1)
+
+            batches = (jax.tree.map(lambda x: split(x, 1), traj), split(actor_h0, 0), split(critic_h0, 0),
+                       split(advantage, 1), split(target, 1))
+            return jax.lax.scan(minibatch, trained, batches)
+
+        key, key_epochs = jax.random.split(runner.key)
+        trained = {name: getattr(runner, name) for name in TRAINED}
+        trained, stats = jax.lax.scan(epoch, trained, jax.random.split(key_epochs, args.ppo_epochs))
+        runner = runner._replace(key=key, **trained)
+        done, episode_return, won = episodes
+        stats = jax.tree.map(jnp.mean, stats)
+        n_done = jnp.maximum(done.sum(), 1)
+        stats["train_episode_return"] = jnp.where(done, episode_return, 0.0).sum() / n_done
+        stats["train_episodes"] = done.sum()
+        return runner, stats
+
+    def learn(runner: RunnerState, hp):
+        runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
+        key, key_eval = jax.random.split(runner.key)
+        evaluation = evaluate(runner.actor_params, key_eval, args.num_eval_episodes)
+        # The best checkpoint by return on every suite, as the authors' code picks it.
+        best_score, best_actor = keep_best(evaluation["episode_return"].mean(), runner.best_score,
+                                           runner.actor_params, runner.best_actor_params)
+        runner = runner._replace(key=key, best_score=best_score, best_actor_params=best_actor)
+        return runner, {"eval": evaluation, "train": stats}
+
+    def train(key, hp):
+        runner = init(key, hp)
+        return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
+
+    return Trainer(init=init, update=update, learn=learn, evaluate=evaluate, train=train,
+                   num_updates_per_eval=num_updates_per_eval, loss=loss_fn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the paper's protocol (README, "What a run writes")
+# ---------------------------------------------------------------------------------------------
+def zeros_h(batch: int, num_agents: int, gru_size: int) -> jax.Array:
+    return jnp.zeros((batch, num_agents, gru_size), jnp.float32)
+
+
+def keep_best(score, best_score, params, best_params):
+    """The better of (score, params) and (best_score, best_params)."""
+    better = score > best_score
+    return jnp.where(better, score, best_score), jax.tree.map(lambda new, old: jnp.where(better, new, old),
+                                                              params, best_params)
+
+
+def make_evaluator(args, env, actor):
+    """-> evaluate(actor_params, key, num_episodes): metrics of `num_episodes` episodes of the
+    decentralised actor, one per environment, run for the time limit; only each environment's first
+    episode counts."""
+    num_agents, continuous = env.num_agents, env.continuous
+
+    def evaluate(actor_params, key, num_episodes):
+        key_reset, key_run = jax.random.split(key)
+        env_state, ts = jax.vmap(env.reset)(jax.random.split(key_reset, num_episodes))
+        zero_f = jnp.zeros((num_episodes,), jnp.float32)
+        carry = (
+            env_state,
+            ts,
+            jnp.ones((num_episodes,), bool),
+            zeros_h(num_episodes, num_agents, args.gru_size),
+            jnp.zeros((num_episodes,), bool),
+            zero_f,
+            jnp.zeros((num_episodes,), jnp.int32),
+            zero_f,
+        )
+
+        def one_step(carry, key):
+            env_state, ts, start, h, finished, ret, length, won = carry
+            key_action, key_env = jax.random.split(key)
+            h, out = actor.apply(actor_params, h, ts.obs, per_agent(start, num_agents))
+            pi = mask_logits(out, ts.action_mask, continuous)
+            env_action = sample_action(key_action, pi, continuous, args.evaluation_greedy)[2]
+            env_state, ts = env.step_many(jax.random.split(key_env, num_episodes), env_state, env_action)
+            first_end = ts.done & ~finished
+            ret = jnp.where(first_end, ts.episode_return, ret)
+            length = jnp.where(first_end, ts.episode_length, length)
+            won = jnp.where(first_end, ts.won, won)
+            return (env_state, ts, ts.done, h, finished | ts.done, ret, length, won), None
+
+        carry, _ = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
+        _, _, _, _, _, ret, length, won = carry
+        metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
+        return {name: metrics[name] for name in eval_metric_names(env.suite)}
+
+    return evaluate
+
+
+# =============================================================================================
+# Command line: validation, outputs, progress
+# =============================================================================================
+class UsageError(ValueError):
+    """A bad command-line value; the message names the flag and what it accepts."""
+
+
+def validate(args: Args) -> EnvSpec:
+    """Check every flag before anything compiles; returns the environment."""
+    for name in ("num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_evaluations",
+                 "num_eval_episodes", "ppo_epochs", "num_minibatches", "layer_size", "gru_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(
+                f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
+            )
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("clip_eps", "max_grad_norm", "actor_lr", "critic_lr"):
+        if not getattr(args, name) > 0.0 or not math.isfinite(getattr(args, name)):
+            raise UsageError(
+                f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}"
+            )
+    for name in ("ent_coef", "vf_coef"):
+        if not getattr(args, name) >= 0.0 or not math.isfinite(getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.num_envs % args.num_minibatches:
+        raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
+                         f"({args.num_minibatches}): minibatches hold whole environments")
+    if args.distributed and not jax.distributed.is_initialized():
+        try:  # before the first device query below, which starts the backend
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as error:
+            raise UsageError(
+                f"--distributed found no cluster to join ({error}): start one process per host "
+                "under SLURM, Open MPI, Kubernetes or Cloud TPU, or leave the flag off"
+            ) from None
+    devices = jax.device_count()
+    if (args.num_envs // args.num_minibatches) % devices:
+        raise UsageError(
+            f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "
+            f"minibatch) must be a multiple of the {devices} devices: each device takes an equal share"
+        )
+    steps_per_update = args.num_envs * args.rollout_length
+    if args.total_timesteps < steps_per_update * args.num_evaluations:
+        raise UsageError(
+            f"--total-timesteps ({args.total_timesteps}) is too small for --num-evaluations "
+            f"({args.num_evaluations}): each checkpoint needs at least one update of --num-envs x "
+            f"--rollout-length = {steps_per_update} steps, so use at least "
+            f"{steps_per_update * args.num_evaluations} or fewer evaluations"
+        )
+    try:
+        return make_env(args.env_id)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def first_non_finite(train_stats: dict) -> int | None:
+    """Index of the first update (within the interval) whose losses are not finite, else None."""
+    losses = np.stack([np.asarray(train_stats[k]) for k in ("actor_loss", "value_loss", "entropy")], axis=-1)
+    bad = ~np.isfinite(losses).all(axis=-1).all(axis=0)  # [seeds, updates] -> [updates]
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def main(args: Args) -> str:
+    try:
+        env = validate(args)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+    if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
+        args = dataclasses.replace(
+            args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False, save_model=False
+        )
+    run_dir = make_run_dir(args)
+    print(
+        f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
+        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}"
+    )
+    trainer = make_train(args, env)
+    hp = hparams_from_args(args)
+    keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
+    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
+    learn = jax.jit(jax.vmap(trainer.learn, in_axes=(0, None)), donate_argnums=0)
+    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)), static_argnums=2)
+    steps_per_interval = trainer.num_updates_per_eval * args.num_envs * args.rollout_length
+    if steps_per_interval * args.num_evaluations < args.total_timesteps:
+        print(f"note: training {steps_per_interval * args.num_evaluations} steps per seed "
+              f"(whole updates per checkpoint), not {args.total_timesteps}")
+    wandb_run = None
+    if args.track:
+        import wandb
+
+        wandb_run = wandb.init(
+            project=args.wandb_project,
+            entity=args.wandb_entity,
+            config=dataclasses.asdict(args),
+            name=os.path.basename(run_dir),
+            dir=run_dir,
+        )
+
+    t0 = time.time()
+    runner = init(keys, hp)
+    compiled = learn.lower(runner, hp).compile()
+    print(f"compiled in {time.time() - t0:.1f}s")
+    checkpoints, absolute, metric = [], None, headline_metric(env.suite)
+    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+    train_start, exit_message = time.time(), None
+    try:
+        for i in range(args.num_evaluations):
+            runner, out = compiled(runner, hp)
+            out = jax.device_get(out)
+            bad = first_non_finite(out["train"])
+            if bad is not None:
+                update_number = i * trainer.num_updates_per_eval + bad + 1
+                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1}); "
+                                f"stopping. Metrics so far are in {run_dir}/metrics.jsonl")
+                break
+            elapsed = time.time() - train_start
+            env_steps = (i + 1) * steps_per_interval
+            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed, 3),
+                      "sps": round(env_steps / elapsed, 1), **summarise(out["eval"]),
+                      **{k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()}}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            checkpoints.append({"env_steps": env_steps, "eval": out["eval"]})
+            mean = np.mean(record[f"{metric}_mean"])
+            spread = (
+                np.std(record[f"{metric}_mean"]) if args.num_seeds > 1 else np.mean(record[f"{metric}_std"])
+            )
+            eta = elapsed / (i + 1) * (args.num_evaluations - i - 1)
+            print(f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
+                  f"{metric} {mean:8.3f} ± {spread:.3f} | ETA {format_duration(eta)}", flush=True)
+            if wandb_run is not None:
+                wandb_run.log(
+                    {k: float(np.mean(v)) for k, v in record.items() if k != "checkpoint"}, step=env_steps
+                )
+        else:
+            key_abs = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(args.num_seeds))
+            absolute = jax.device_get(
+                evaluate(runner.best_actor_params, key_abs, 10 * args.num_eval_episodes)
+            )
+            means = np.asarray(absolute[metric]).mean(axis=-1)
+            print(f"absolute {metric} (best parameters, {10 * args.num_eval_episodes} episodes): "
+                  f"{means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)")
+    except KeyboardInterrupt:
+        exit_message = f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl"
+    finally:
+        metrics_file.close()
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(marl_eval_summary(env, args, checkpoints, absolute), f)
+        if args.save_model and checkpoints:
+            for name, params in (("final", runner.actor_params), ("best", runner.best_actor_params)):
+                with open(os.path.join(run_dir, f"actor_{name}.msgpack"), "wb") as f:
+                    f.write(serialization.to_bytes(jax.device_get(params)))
+        if wandb_run is not None:
+            wandb_run.finish()
+    if exit_message:
+        sys.exit(exit_message)
+    return run_dir
+
+
+# =============================================================================================
 # Environment adapter (identical in every script; tests/test_consistency.py holds them together)
 # =============================================================================================
-# make_env(env_id) -> EnvSpec with pure reset(key) / step(key, env_state, actions), automatic
-# reset inside step, built to reproduce what the authors' Mava wrappers fed their networks
-# (github liyheng/MAGPO: mava/wrappers/{jumanji,jaxmarl,matrax,observation,episode_metrics}.py,
-# mava/utils/make_env.py, mava/configs/env/*):
-#
-# * obs: float32 [agents, obs_dim]. Every suite here runs with `system.add_agent_id: True` and
-#   `implicit_agent_id: False`, so Mava's AgentIDWrapper PREPENDS a one-hot agent id:
-#   obs[:, :num_agents] == eye(num_agents), the suite's own view follows.
-# * state: float32 [state_dim], the centralised-critic input, built like Mava's `global_state`
-#   (before the agent id is added, so it carries no id): the concatenation of all agents' own
-#   views for RWARE, LBF, Connector (vector views), MPE and CoordSum; SMAX's `world_state`.
-# * reward: the team reward whose episode sum is Mava's `episode_return` (RecordEpisodeMetrics
-#   averages the per-agent reward vector): RWARE the env's shared reward; LBF and Connector
-#   the sum over agents (`aggregate_rewards: True`); MPE and SMAX the mean over agents (SMAX
-#   agents all get the same reward; MPE agents differ only by their collision term: Mava's
-#   learners saw per-agent MPE rewards, this interface carries their mean); CoordSum the
-#   shared reward.
-# * done: the episode ended (any cause). Mava's recurrent systems cut bootstrapping at every
-#   `timestep.last()`, i.e. at `done`; use `done` to reproduce the paper. `terminated` is True
-#   only for a real terminal event (RWARE collision, LBF all food eaten, Connector all agents
-#   connected or blocked, SMAX one side wiped out) and False where only a time limit ended the
-#   episode (including CoordSum's fixed 100-step horizon, which its env labels a termination).
-#   Bootstrapping a truncation correctly would also need the final observation, which
-#   auto-reset replaces by the next episode's first one.
-# * episode_return / episode_length: running totals of the current episode; where done, those
-#   of the episode that just ended. won: 1.0 where an episode ended in a win (SMAX: Mava's
-#   `won_episode`, last step with every agent's reward >= 1, i.e. the win bonus; Connector:
-#   Mava's `won_episode`, all agents connected); 0.0 elsewhere. Table 1 reports win rate for
-#   SMAX and episode return for every other suite.
+# make_env(env_id) -> EnvSpec with pure reset(key) / step(key, env_state, actions) and automatic
+# reset inside step. It feeds the networks what the authors' Mava wrappers fed theirs
+# (tests/test_parity_authors.py compares them step by step; README, "How this follows the authors' code"):
+# * obs [agents, obs_dim]: a one-hot agent id, then the suite's own view of each agent;
+# * state [state_dim]: the centralised critic's input, all agents' views without ids (SMAX: its world state);
+# * reward: the team reward whose episode sum Mava reports as the return;
+# * done: the episode ended, for any reason; Mava's recurrent systems bootstrap nothing past it.
+#   `terminated` marks only real terminal events, not time limits.
 class TimeStep(NamedTuple):
     obs: jax.Array  # float32 [A, obs_dim], one-hot agent id first
     action_mask: jax.Array  # bool [A, num_actions]
@@ -209,12 +793,14 @@ _MPE = {"simple_spread_3ag": 3, "simple_spread_5ag": 5, "simple_spread_10ag": 10
 # SMAX HeuristicEnemySMAX maps (see_enemy_actions, walls_cause_death, attack_mode "closest")
 _SMAX = ("2s3z", "3s5z", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "3s5z_vs_3s6z", "3s_vs_5z",
          "6h_vs_8z", "smacv2_5_units", "smacv2_10_units")
-# CoordSum: the authors' registered tasks, coordsum.TASK_MAXVAL (any other <agents>x<actions> builds too)
+# CoordSum (coordsum.py, imported only when a CoordSum task is made): the authors' registered tasks; any
+# other coordsum-<agents>x<actions> builds too.
+_COORDSUM = ("3x10", "3x30", "5x20", "8x15")
 
 ENV_IDS = (
     [f"rware-{t}" for t in _RWARE] + [f"lbf-{t}" for t in _LBF] + list(_CONNECTOR)
     + [f"mpe-{t}" for t in _MPE] + [f"smax-{t}" for t in _SMAX]
-    + [f"coordsum-{t}" for t in coordsum.TASK_MAXVAL]
+    + [f"coordsum-{t}" for t in _COORDSUM]
 )
 
 
@@ -262,7 +848,9 @@ def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_
     def transition(key, env_state, actions):
         """One environment's step before any reset: (next fields, outcome, key for a reset)."""
         step_key, reset_key = jax.random.split(key)
-        inner, view, mask, state, reward, done, terminated, won = core_step(step_key, env_state.inner, actions)
+        inner, view, mask, state, reward, done, terminated, won = core_step(
+            step_key, env_state.inner, actions
+        )
         outcome = (jnp.asarray(reward, jnp.float32), jnp.asarray(done, bool), jnp.asarray(terminated, bool),
                    jnp.asarray(won, bool))
         return (inner, view, mask, state), outcome, reset_key
@@ -295,14 +883,9 @@ def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_
         return finish(env_state, restart(reset_key, outcome[1], fields), outcome)
 
     def step_many(keys, env_states, actions):
-        # Inside a vmap a cond runs both branches (as in Mava's AutoResetWrapper), so vmap(step)
-        # builds a first timestep for every environment on every step. Here the cond sits outside
-        # the vmap and skips that on steps where no episode ended: most steps of suites whose
-        # episodes end together at the time limit (RWARE's reset is about 60% of its step's time).
-        # Where some episode ends on nearly every step the cond would always run its branch, which
-        # XLA:CPU runs slower than the select (Connector's environment: 17 against 26 thousand
-        # steps/s), so those suites keep vmap(step). Under an outer vmap (--num-seeds) the cond
-        # turns back into a select, and costs what vmap(step) does.
+        # Inside a vmap a cond runs both branches, so vmap(step) would reset every environment on
+        # every step; one cond outside the vmap skips the resets on steps where no episode ended.
+        # Suites whose episodes end at different steps gain nothing from it (README, "Where the time goes").
         if staggered_ends:
             return jax.vmap(step)(keys, env_states, actions)
         fields, outcome, reset_keys = jax.vmap(transition)(keys, env_states, actions)
@@ -407,18 +990,8 @@ def _make_lbf(env_id, task):
 
 
 def _make_connector(env_id, task):
-    # The paper ran jumanji's Connector-v2 (jumanji 1.1.0 at commit 9ced6b8, pinned in the authors'
-    # uv.lock). jumanji 1.1.2 registers Connector-v3, which differs in (a) the default
-    # RandomWalkGenerator (a new, faster random walk, so a different board distribution; v2's
-    # generator ships as LegacyRandomWalkGenerator, used here), (b) a pure time-out is a
-    # truncation (discount 1) instead of a termination (discount 0), which changes nothing for
-    # `done` (Mava cuts bootstrapping at every episode end) and is what `terminated` reports,
-    # (c) a vectorised move/collision step with the same semantics (lower-id agent yields),
-    # (d) the action mask stored in the state. Rewards (DenseRewardFn: +1 on connecting, -0.03
-    # per step per unconnected agent), observations and extras are unchanged.
-    # Views: the MAGPO networks (Sable or MAT encoder, MLP/GRU learner) take flat per-agent vectors,
-    # which Mava's VectorConnectorWrapper provides (its grid ConnectorWrapper yields [A, G, G, 5]
-    # that those networks cannot take), plus the one-hot id (`implicit_agent_id: False`).
+    # The paper ran Connector-v2, whose board generator jumanji 1.1.2 keeps as LegacyRandomWalkGenerator
+    # (README, "How this follows the authors' code"). Views are Mava's flat per-agent vectors.
     from jumanji.environments import Connector
     from jumanji.environments.routing.connector.generator import LegacyRandomWalkGenerator
 
@@ -506,6 +1079,12 @@ def _make_smax(env_id, task):
 
 
 def _make_coordsum(env_id, task):
+    try:
+        import coordsum
+    except ImportError:
+        raise ValueError(
+            f"--env-id {env_id} needs coordsum.py beside this script: copy it from the repository"
+        ) from None
     n, num_actions, maxval = coordsum.parse_task(task)
     env = coordsum.CoordSum(num_agents=n, num_actions=num_actions, maxval=maxval, time_limit=100)
     mask = jnp.ones((n, num_actions), bool)
@@ -526,10 +1105,8 @@ def _make_coordsum(env_id, task):
 
 def _is_coordsum_size(env_id: str) -> bool:
     """Any `coordsum-<agents>x<actions>` builds, not only the paper's four."""
-    try:
-        return env_id.startswith("coordsum-") and coordsum.parse_task(env_id[len("coordsum-"):])[0] >= 1
-    except ValueError:
-        return False
+    match = re.fullmatch(r"coordsum-(\d+)x(\d+)", env_id)
+    return match is not None and int(match.group(1)) >= 1
 
 
 def headline_metric(suite: str) -> str:
@@ -562,447 +1139,8 @@ def make_env(env_id: str) -> EnvSpec:
 
 
 # =============================================================================================
-# Networks
+# Output helpers: run directory, marl-eval summary, progress line
 # =============================================================================================
-def stacked_orthogonal(key, shape, dtype=jnp.float32):
-    """[H, k*H] kernel of k independent orthogonal [H, H] blocks: flax's GRUCell initialises each
-    gate's recurrent kernel this way, and the fused kernel below keeps that."""
-    blocks = [orthogonal()(k, (shape[0], shape[0]), dtype) for k in jax.random.split(key, shape[1] // shape[0])]
-    return jnp.concatenate(blocks, axis=-1)
-
-
-class RecurrentNet(nn.Module):
-    """Dense -> GRU -> Dense with ReLU, then a linear head (the paper's Table 3 network; the actor's
-    head gives logits, or a Gaussian's mean, the critic's a value). The GRU state is zeroed where an
-    episode starts (`start`, before this step's input). `__call__` is one time step, as the rollout
-    acts. Training replays sequences (`replay`) and there only `recur`, one [H, 3H] matmul and the
-    gates, runs step by step: `embed` (first layer and the GRU's input projection of all three gates)
-    and `head` run on all steps at once. The GRU is flax's GRUCell with its gates' kernels fused
-    (tests/test_ppo.py checks it against nn.GRUCell)."""
-
-    out_size: int
-    out_scale: float  # orthogonal init scale of the head: 0.01 for a policy, 1.0 for a value
-    layer_size: int
-    gru_size: int
-    gaussian_policy: bool = False  # add a state-independent log-std (MPE's continuous actions)
-
-    def setup(self):
-        dense = lambda size, scale: nn.Dense(size, kernel_init=orthogonal(scale), bias_init=constant(0.0))  # noqa: E731
-        self.pre_torso, self.post_torso = dense(self.layer_size, np.sqrt(2)), dense(self.layer_size, np.sqrt(2))
-        self.output = dense(self.out_size, self.out_scale)
-        # GRUCell's parameters, gates side by side in the order reset, update, candidate (r, z, n).
-        self.gru_input = nn.Dense(3 * self.gru_size, bias_init=constant(0.0))  # W_i[rzn] x + b_i[rzn]
-        self.gru_hidden = nn.Dense(3 * self.gru_size, use_bias=False, kernel_init=stacked_orthogonal)  # W_h[rzn] h
-        self.gru_hidden_bias_n = self.param("gru_hidden_bias_n", constant(0.0), (self.gru_size,))  # b_hn
-        if self.gaussian_policy:
-            self.log_std = self.param("log_std", nn.initializers.zeros, (self.out_size,))
-
-    def __call__(self, h, x, start):
-        h, y = self.recur(h, self.embed(x), start)
-        return h, self.head(y)
-
-    def embed(self, x):
-        return self.gru_input(nn.relu(self.pre_torso(x)))
-
-    def recur(self, h, gru_in, start):
-        h = jnp.where(start[..., None], jnp.zeros_like(h), h)
-        in_r, in_z, in_n = jnp.split(gru_in, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(self.gru_hidden(h), 3, axis=-1)
-        r, z = nn.sigmoid(in_r + h_r), nn.sigmoid(in_z + h_z)
-        n = jnp.tanh(in_n + r * (h_n + self.gru_hidden_bias_n))
-        h = (1.0 - z) * n + z * h
-        return h, h
-
-    def head(self, y):
-        out = self.output(nn.relu(self.post_torso(y)))
-        return (out, jnp.broadcast_to(self.log_std, out.shape)) if self.gaussian_policy else out
-
-
-def replay(nets, params, hs, xs, start):
-    """Run recurrent nets over [T, ...] sequences: `embed` and `head` on all steps at once, as 2-d
-    [steps, features] matmuls (XLA:CPU is slow at the weight gradients of 3-d ones), and the GRUs in
-    one scan over time, side by side. Small per-step work is what a scan pays for on a CPU (README,
-    "Where the time goes": 2.2x the steps/s of stepping the whole network at CoordSum's tuned
-    minibatches). Returns the final GRU states and each net's outputs for every step."""
-
-    def on_all_steps(fn, x):  # [..., F] -> fn on [N, F] -> [..., F']
-        y = fn(x.reshape(-1, x.shape[-1]))
-        return jax.tree.map(lambda v: v.reshape(x.shape[:-1] + v.shape[-1:]), y)
-
-    gru_ins = [on_all_steps(lambda v: net.apply(p, v, method="embed"), x) for net, p, x in zip(nets, params, xs)]
-
-    def one_step(hs, inputs):
-        *gru_ins_t, start_t = inputs
-        steps = [net.apply(p, h, g, start_t, method="recur") for net, p, h, g in zip(nets, params, hs, gru_ins_t)]
-        return tuple(h for h, _ in steps), tuple(y for _, y in steps)
-
-    # Checkpointed: the backward pass recomputes each step's gates instead of reading ~10 arrays per
-    # step saved by the forward pass; on a CPU the per-step saves cost more than the recomputation
-    # (README, "Where the time goes").
-    hs, ys = jax.lax.scan(jax.checkpoint(one_step), tuple(hs), (*gru_ins, start))
-    return hs, tuple(on_all_steps(lambda v: net.apply(p, v, method="head"), y) for net, p, y in zip(nets, params, ys))
-
-
-def mask_logits(out, action_mask, continuous: bool):
-    """Discrete heads: masked actions get MASKED_LOGIT; continuous heads pass through."""
-    return out if continuous else jnp.where(action_mask, out, MASKED_LOGIT)
-
-
-# A large finite number rather than -inf: masked actions get probability 0 and entropy stays finite.
-MASKED_LOGIT = -1e9
-
-
-def policy_distribution(pi, continuous: bool) -> distrax.Distribution:
-    """Discrete: masked categorical. Continuous: Gaussian over the *pre-tanh* action with scale
-    softplus(log_std) + 1e-3 (Mava's parameterisation and name); the tanh squashing is applied on the
-    way to the environment and its log-det in `log_prob_entropy`."""
-    if continuous:
-        loc, log_std = pi
-        return distrax.MultivariateNormalDiag(loc, jax.nn.softplus(log_std) + 1e-3)
-    return distrax.Categorical(logits=pi)
-
-
-def tanh_log_det(raw: jax.Array) -> jax.Array:
-    """sum log |d tanh(x)/dx| = sum log(1 - tanh(x)^2), in a form that is stable for large |x|."""
-    return jnp.sum(2.0 * (jnp.log(2.0) - raw - jax.nn.softplus(-2.0 * raw)), axis=-1)
-
-
-def action_log_prob(dist: distrax.Distribution, action: jax.Array, continuous: bool) -> jax.Array:
-    """log pi(a); for the tanh-squashed Gaussian, of the squashed action (change of variables)."""
-    log_prob = dist.log_prob(action)
-    return log_prob - tanh_log_det(action) if continuous else log_prob
-
-
-def sample_action(key, pi, continuous: bool, greedy=False):
-    """Returns (stored action, log-probability, action for the environment). Continuous actions
-    are stored before the tanh, so that their log-probability needs no atanh later."""
-    dist = policy_distribution(pi, continuous)
-    action = dist.mode() if greedy else dist.sample(seed=key)
-    return action, action_log_prob(dist, action, continuous), jnp.tanh(action) if continuous else action
-
-
-def log_prob_entropy(pi, action, continuous: bool):
-    """Log-probability of stored actions and the policy's entropy (of the pre-tanh Gaussian where
-    continuous: the squashed one has no closed form, and the two differ by the expected log-det)."""
-    dist = policy_distribution(pi, continuous)
-    return action_log_prob(dist, action, continuous), dist.entropy()
-
-
-# =============================================================================================
-# PPO pieces (pure functions on arrays; tests check them on hand-made inputs)
-# =============================================================================================
-def gae(rewards, values, dones, last_value, gamma, gae_lambda):
-    """Generalised advantage estimation, backwards over time (axis 0). `dones[t]` ends the episode
-    at transition t: the authors' Mava code bootstraps nothing past it, time limits included."""
-
-    def backwards(carry, x):
-        next_advantage, next_value = carry
-        reward, value, done = x
-        not_done = 1.0 - done.astype(jnp.float32)
-        delta = reward + gamma * next_value * not_done - value
-        advantage = delta + gamma * gae_lambda * not_done * next_advantage
-        return (advantage, value), advantage
-
-    _, advantages = jax.lax.scan(backwards, (jnp.zeros_like(last_value), last_value), (rewards, values, dones),
-                                 reverse=True)
-    return advantages, advantages + values
-
-
-def ppo_actor_loss(log_prob, old_log_prob, advantage, clip_eps):
-    """Clipped surrogate objective (to minimise) with per-minibatch advantage normalisation."""
-    advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-    ratio = jnp.exp(log_prob - old_log_prob)
-    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    return -jnp.minimum(ratio * advantage, clipped * advantage).mean()
-
-
-def ppo_value_loss(value, old_value, target, clip_eps):
-    """Clipped value loss: the larger of the plain and the clipped squared errors, halved."""
-    clipped = old_value + jnp.clip(value - old_value, -clip_eps, clip_eps)
-    return 0.5 * jnp.maximum(jnp.square(value - target), jnp.square(clipped - target)).mean()
-
-
-# =============================================================================================
-# Training
-# =============================================================================================
-class Transition(NamedTuple):
-    obs: jax.Array  # [T, E, A, obs_dim]
-    critic_in: jax.Array  # [T, E, A, critic_dim]
-    start: jax.Array  # [T, E] the observation opens an episode (GRU states reset)
-    action_mask: jax.Array
-    action: jax.Array
-    log_prob: jax.Array  # [T, E, A]
-    value: jax.Array  # [T, E, A]
-    reward: jax.Array  # [T, E]
-    done: jax.Array  # [T, E]
-
-
-class RunnerState(NamedTuple):
-    actor_params: dict
-    critic_params: dict
-    actor_opt_state: optax.OptState
-    critic_opt_state: optax.OptState
-    env_state: object
-    timestep: TimeStep
-    start: jax.Array  # [E] bool
-    actor_h: jax.Array  # [E, A, gru]
-    critic_h: jax.Array
-    key: jax.Array
-    best_score: jax.Array  # best evaluation score so far, and the actor parameters that made it
-    best_actor_params: dict
-
-
-class Trainer(NamedTuple):
-    init: Callable  # init(key, hp) -> RunnerState
-    update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its PPO epochs
-    learn: Callable  # learn(runner, hp) -> (runner, metrics): one evaluation interval of updates, then evaluation
-    evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics
-    train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
-    num_updates_per_eval: int
-    loss: Callable  # loss(actor_params, critic_params, batch, hp) -> (total, stats), exposed for tests
-
-
-def critic_input(ts: TimeStep, num_agents: int) -> jax.Array:
-    """MAPPO's critic sees the global state, the same copy for every agent (no agent id, as the
-    authors' wrappers build it: the team reward makes every agent's value the same)."""
-    return jnp.broadcast_to(ts.state[..., None, :], ts.state.shape[:-1] + (num_agents, ts.state.shape[-1]))
-
-
-def optimiser(lr, max_grad_norm):
-    """Clip by global gradient norm, then Adam with eps 1e-5 (the authors' optimiser)."""
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(lr, eps=1e-5))
-
-
-def make_env_sharding() -> Callable:
-    """Data parallelism over all devices: `shard_envs(tree, env_axis)` splits every array's
-    environment axis across them (a no-op on one device). XLA's partitioner then runs each device's
-    environments and sequences locally and sums the gradients of the mean losses with an all-reduce,
-    so the result is the single-device one up to the order of floating-point sums."""
-    devices = jax.devices()
-    if len(devices) == 1:
-        return lambda tree, env_axis=0: tree
-    mesh = jax.sharding.Mesh(np.array(devices), ("envs",))
-
-    def shard_envs(tree, env_axis=0):
-        def constrain(x):
-            spec = jax.sharding.PartitionSpec(*([None] * env_axis + ["envs"]))
-            return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec))
-
-        return jax.tree.map(constrain, tree)
-
-    return shard_envs
-
-
-def make_train(args: Args, env: EnvSpec) -> Trainer:
-    num_agents, continuous = env.num_agents, env.continuous
-    steps_per_update = args.num_envs * args.rollout_length
-    num_updates_per_eval = args.total_timesteps // steps_per_update // args.num_evaluations
-    envs_per_minibatch = args.num_envs // args.num_minibatches
-    actor = RecurrentNet(env.num_actions, 0.01, args.layer_size, args.gru_size, gaussian_policy=continuous)
-    critic = RecurrentNet(1, 1.0, args.layer_size, args.gru_size)
-    reset_envs = jax.vmap(env.reset)
-    step_envs = env.step_many
-    shard_envs = make_env_sharding()
-
-    def zeros_h(batch):
-        return jnp.zeros((batch, num_agents, args.gru_size), jnp.float32)
-
-    def init(key, hp):
-        key, key_actor, key_critic, key_env = jax.random.split(key, 4)
-        env_state, ts = shard_envs(reset_envs(jax.random.split(key_env, args.num_envs)))
-        start = jnp.ones((1, num_agents), bool)
-        actor_params = actor.init(key_actor, zeros_h(1), ts.obs[:1], start)
-        critic_params = critic.init(key_critic, zeros_h(1), critic_input(ts, num_agents)[:1], start)
-        return RunnerState(
-            actor_params, critic_params,
-            optimiser(hp["actor_lr"], hp["max_grad_norm"]).init(actor_params),
-            optimiser(hp["critic_lr"], hp["max_grad_norm"]).init(critic_params),
-            env_state, ts,
-            *shard_envs((jnp.ones((args.num_envs,), bool), zeros_h(args.num_envs), zeros_h(args.num_envs))),
-            key, jnp.array(-jnp.inf, jnp.float32), actor_params)
-
-    def per_agent(start):
-        """Episode-start flags [..., E] -> [..., E, A]: every agent of the environment."""
-        return jnp.broadcast_to(start[..., None], start.shape + (num_agents,))
-
-    def act(actor_params, h, ts, start, key, greedy=False):
-        """One decentralised step of every agent: (new GRU state, stored action, log-prob, env action)."""
-        h, out = actor.apply(actor_params, h, ts.obs, per_agent(start))
-        return (h, *sample_action(key, mask_logits(out, ts.action_mask, continuous), continuous, greedy))
-
-    def value_of(critic_params, h, ts, start):
-        h, value = critic.apply(critic_params, h, critic_input(ts, num_agents), per_agent(start))
-        return h, value[..., 0]
-
-    def rollout(runner: RunnerState):
-        def one_step(carry, key):
-            env_state, ts, start, actor_h, critic_h = carry
-            key_action, key_env = jax.random.split(key)
-            actor_h, action, log_prob, env_action = act(runner.actor_params, actor_h, ts, start, key_action)
-            critic_h, value = value_of(runner.critic_params, critic_h, ts, start)
-            env_state, next_ts = step_envs(jax.random.split(key_env, args.num_envs), env_state, env_action)
-            transition = Transition(ts.obs, critic_input(ts, num_agents), start, ts.action_mask, action, log_prob,
-                                    value, next_ts.reward, next_ts.done)
-            episode = (next_ts.done, next_ts.episode_return, next_ts.won)
-            return shard_envs((env_state, next_ts, next_ts.done, actor_h, critic_h)), (transition, episode)
-
-        key, key_rollout = jax.random.split(runner.key)
-        carry = (runner.env_state, runner.timestep, runner.start, runner.actor_h, runner.critic_h)
-        carry, (traj, episodes) = jax.lax.scan(one_step, carry, jax.random.split(key_rollout, args.rollout_length))
-        env_state, ts, start, actor_h, critic_h = carry
-        _, last_value = value_of(runner.critic_params, critic_h, ts, start)
-        runner = runner._replace(env_state=env_state, timestep=ts, start=start, actor_h=actor_h,
-                                 critic_h=critic_h, key=key)
-        return runner, traj, last_value, episodes
-
-    def loss_fn(actor_params, critic_params, batch, hp):
-        traj, actor_h0, critic_h0, advantage, target = batch
-        _, (out, value) = replay((actor, critic), (actor_params, critic_params), (actor_h0, critic_h0),
-                                 (traj.obs, traj.critic_in), per_agent(traj.start))
-        pi, value = mask_logits(out, traj.action_mask, continuous), value[..., 0]
-        log_prob, entropy = log_prob_entropy(pi, traj.action, continuous)
-        actor_loss = ppo_actor_loss(log_prob, traj.log_prob, advantage, hp["clip_eps"])
-        value_loss = ppo_value_loss(value, traj.value, target, hp["clip_eps"])
-        entropy = entropy.mean()
-        total = actor_loss - hp["ent_coef"] * entropy + hp["vf_coef"] * value_loss
-        return total, {"actor_loss": actor_loss, "value_loss": value_loss, "entropy": entropy}
-
-    def update(runner: RunnerState, hp):
-        actor_h0, critic_h0 = runner.actor_h, runner.critic_h
-        runner, traj, last_value, episodes = rollout(runner)
-        rewards = jnp.broadcast_to(traj.reward[..., None], traj.value.shape)
-        dones = jnp.broadcast_to(traj.done[..., None], traj.value.shape)
-        advantage, target = gae(rewards, traj.value, dones, last_value, hp["gamma"], hp["gae_lambda"])
-        actor_opt = optimiser(hp["actor_lr"], hp["max_grad_norm"])
-        critic_opt = optimiser(hp["critic_lr"], hp["max_grad_norm"])
-        grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-
-        def epoch(carry, key):
-            def minibatch(carry, batch):
-                actor_params, critic_params, actor_opt_state, critic_opt_state = carry
-                (_, stats), (actor_grad, critic_grad) = grad_fn(actor_params, critic_params, batch, hp)
-                actor_updates, actor_opt_state = actor_opt.update(actor_grad, actor_opt_state)
-                critic_updates, critic_opt_state = critic_opt.update(critic_grad, critic_opt_state)
-                carry = (optax.apply_updates(actor_params, actor_updates),
-                         optax.apply_updates(critic_params, critic_updates), actor_opt_state, critic_opt_state)
-                return carry, stats
-
-            # Minibatches are whole environment sequences (axis 1 in time-major arrays, axis 0 in the
-            # initial GRU states), so each replays its GRU from the state the rollout started with.
-            perm = jax.random.permutation(key, args.num_envs)
-
-            def split(x, env_axis):
-                x = jnp.take(x, perm, axis=env_axis)
-                x = x.reshape(x.shape[:env_axis] + (args.num_minibatches, envs_per_minibatch) + x.shape[env_axis + 1:])
-                return shard_envs(jnp.moveaxis(x, env_axis, 0), env_axis + 1)
-
-            batches = (jax.tree.map(lambda x: split(x, 1), traj), split(actor_h0, 0), split(critic_h0, 0),
-                       split(advantage, 1), split(target, 1))
-            return jax.lax.scan(minibatch, carry, batches)
-
-        key, key_epochs = jax.random.split(runner.key)
-        carry = (runner.actor_params, runner.critic_params, runner.actor_opt_state, runner.critic_opt_state)
-        carry, stats = jax.lax.scan(epoch, carry, jax.random.split(key_epochs, args.ppo_epochs))
-        runner = runner._replace(actor_params=carry[0], critic_params=carry[1], actor_opt_state=carry[2],
-                                 critic_opt_state=carry[3], key=key)
-        done, episode_return, won = episodes
-        n_done = jnp.maximum(done.sum(), 1)
-        stats = jax.tree.map(jnp.mean, stats)
-        stats["train_episode_return"] = jnp.where(done, episode_return, 0.0).sum() / n_done
-        stats["train_episodes"] = done.sum()
-        return runner, stats
-
-    def evaluate(actor_params, key, num_episodes):
-        """`num_episodes` episodes of the decentralised actor, each in its own environment, run for
-        the time limit; only each environment's first episode counts."""
-        key_reset, key_run = jax.random.split(key)
-        env_state, ts = reset_envs(jax.random.split(key_reset, num_episodes))
-        zero_f = jnp.zeros((num_episodes,), jnp.float32)
-        carry = (env_state, ts, jnp.ones((num_episodes,), bool), zeros_h(num_episodes), jnp.zeros((num_episodes,), bool),
-                 zero_f, jnp.zeros((num_episodes,), jnp.int32), zero_f)
-
-        def one_step(carry, key):
-            env_state, ts, start, h, finished, ret, length, won = carry
-            key_action, key_env = jax.random.split(key)
-            h, _, _, env_action = act(actor_params, h, ts, start, key_action, args.evaluation_greedy)
-            env_state, ts = step_envs(jax.random.split(key_env, num_episodes), env_state, env_action)
-            first_end = ts.done & ~finished
-            ret = jnp.where(first_end, ts.episode_return, ret)
-            length = jnp.where(first_end, ts.episode_length, length)
-            won = jnp.where(first_end, ts.won, won)
-            return (env_state, ts, ts.done, h, finished | ts.done, ret, length, won), None
-
-        carry, _ = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
-        _, _, _, _, _, ret, length, won = carry
-        metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
-        return {name: metrics[name] for name in eval_metric_names(env.suite)}
-
-    def learn(runner: RunnerState, hp):
-        runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
-        key, key_eval = jax.random.split(runner.key)
-        evaluation = evaluate(runner.actor_params, key_eval, args.num_eval_episodes)
-        score = evaluation["episode_return"].mean()  # best by return on every suite, as the authors' code
-        better = score > runner.best_score
-        runner = runner._replace(
-            key=key, best_score=jnp.where(better, score, runner.best_score),
-            best_actor_params=jax.tree.map(lambda new, old: jnp.where(better, new, old),
-                                           runner.actor_params, runner.best_actor_params))
-        return runner, {"eval": evaluation, "train": stats}
-
-    def train(key, hp):
-        runner = init(key, hp)
-        return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
-
-    return Trainer(init, update, learn, evaluate, train, num_updates_per_eval, loss_fn)
-
-
-# =============================================================================================
-# Command line: validation, outputs, progress
-# =============================================================================================
-class UsageError(ValueError):
-    """A bad command-line value; the message names the flag and what it accepts."""
-
-
-def validate(args: Args) -> EnvSpec:
-    """Check every flag before anything compiles; returns the environment."""
-    for name in ("num_seeds", "total_timesteps", "num_envs", "rollout_length", "num_evaluations",
-                 "num_eval_episodes", "ppo_epochs", "num_minibatches", "layer_size", "gru_size"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
-    for name in ("gamma", "gae_lambda"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    for name in ("clip_eps", "max_grad_norm", "actor_lr", "critic_lr"):
-        if not getattr(args, name) > 0.0 or not math.isfinite(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}")
-    for name in ("ent_coef", "vf_coef"):
-        if not getattr(args, name) >= 0.0 or not math.isfinite(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.num_envs % args.num_minibatches:
-        raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
-                         f"({args.num_minibatches}): minibatches hold whole environments")
-    if args.distributed and not jax.distributed.is_initialized():
-        try:  # before the first device query below, which starts the backend
-            jax.distributed.initialize()
-        except (ValueError, RuntimeError) as error:
-            raise UsageError(f"--distributed found no cluster to join ({error}): start one process per host "
-                             "under SLURM, Open MPI, Kubernetes or Cloud TPU, or leave the flag off") from None
-    devices = jax.device_count()
-    if (args.num_envs // args.num_minibatches) % devices:
-        raise UsageError(f"--num-envs / --num-minibatches ({args.num_envs // args.num_minibatches} environments per "
-                         f"minibatch) must be a multiple of the {devices} devices: each device takes an equal share")
-    steps_per_update = args.num_envs * args.rollout_length
-    if args.total_timesteps < steps_per_update * args.num_evaluations:
-        raise UsageError(
-            f"--total-timesteps ({args.total_timesteps}) is too small for --num-evaluations ({args.num_evaluations}): "
-            f"each checkpoint needs at least one update of --num-envs x --rollout-length = {steps_per_update} steps, "
-            f"so use at least {steps_per_update * args.num_evaluations} or fewer evaluations")
-    try:
-        return make_env(args.env_id)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-
-
 def make_run_dir(args: Args) -> str:
     run_name = f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join(args.output_dir, run_name)
@@ -1027,8 +1165,13 @@ def marl_eval_summary(env: EnvSpec, args: Args, checkpoints: list, absolute: dic
     task = env.env_id.split("-", 1)[1] if env.suite != "connector" else env.env_id
     runs = {}
     for s in range(args.num_seeds):
-        run = {f"step_{i}": {"step_count": c["env_steps"], **{k: [float(x) for x in v[s]] for k, v in c["eval"].items()}}
-               for i, c in enumerate(checkpoints)}
+        run = {
+            f"step_{i}": {
+                "step_count": c["env_steps"],
+                **{k: [float(x) for x in v[s]] for k, v in c["eval"].items()},
+            }
+            for i, c in enumerate(checkpoints)
+        }
         if absolute is not None:
             run["absolute_metrics"] = {k: [float(x) for x in v[s]] for k, v in absolute.items()}
         runs[f"seed_{args.seed + s}"] = run
@@ -1038,96 +1181,6 @@ def marl_eval_summary(env: EnvSpec, args: Args, checkpoints: list, absolute: dic
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def first_non_finite(train_stats: dict) -> int | None:
-    """Index of the first update (within the interval) whose losses are not finite, else None."""
-    losses = np.stack([np.asarray(train_stats[k]) for k in ("actor_loss", "value_loss", "entropy")], axis=-1)
-    bad = ~np.isfinite(losses).all(axis=-1).all(axis=0)  # [seeds, updates] -> [updates]
-    return int(np.argmax(bad)) if bad.any() else None
-
-
-def main(args: Args) -> str:
-    try:
-        env = validate(args)
-    except UsageError as error:
-        sys.exit(f"error: {error}")
-    if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
-        args = dataclasses.replace(args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False,
-                                   save_model=False)
-    run_dir = make_run_dir(args)
-    print(f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
-          f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}")
-    trainer = make_train(args, env)
-    hp = hparams_from_args(args)
-    keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
-    learn = jax.jit(jax.vmap(trainer.learn, in_axes=(0, None)), donate_argnums=0)
-    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)), static_argnums=2)
-    steps_per_interval = trainer.num_updates_per_eval * args.num_envs * args.rollout_length
-    if steps_per_interval * args.num_evaluations < args.total_timesteps:
-        print(f"note: training {steps_per_interval * args.num_evaluations} steps per seed "
-              f"(whole updates per checkpoint), not {args.total_timesteps}")
-    wandb_run = None
-    if args.track:
-        import wandb
-
-        wandb_run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=dataclasses.asdict(args),
-                               name=os.path.basename(run_dir), dir=run_dir)
-
-    t0 = time.time()
-    runner = init(keys, hp)
-    compiled = learn.lower(runner, hp).compile()
-    print(f"compiled in {time.time() - t0:.1f}s")
-    checkpoints, absolute, metric = [], None, headline_metric(env.suite)
-    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-    train_start, exit_message = time.time(), None
-    try:
-        for i in range(args.num_evaluations):
-            runner, out = compiled(runner, hp)
-            out = jax.device_get(out)
-            bad = first_non_finite(out["train"])
-            if bad is not None:
-                update_number = i * trainer.num_updates_per_eval + bad + 1
-                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1}); "
-                                f"stopping. Metrics so far are in {run_dir}/metrics.jsonl")
-                break
-            elapsed = time.time() - train_start
-            env_steps = (i + 1) * steps_per_interval
-            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed, 3),
-                      "sps": round(env_steps / elapsed, 1), **summarise(out["eval"]),
-                      **{k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()}}
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            checkpoints.append({"env_steps": env_steps, "eval": out["eval"]})
-            mean = np.mean(record[f"{metric}_mean"])
-            spread = np.std(record[f"{metric}_mean"]) if args.num_seeds > 1 else np.mean(record[f"{metric}_std"])
-            eta = elapsed / (i + 1) * (args.num_evaluations - i - 1)
-            print(f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
-                  f"{metric} {mean:8.3f} ± {spread:.3f} | ETA {format_duration(eta)}", flush=True)
-            if wandb_run is not None:
-                wandb_run.log({k: float(np.mean(v)) for k, v in record.items() if k != "checkpoint"}, step=env_steps)
-        else:
-            key_abs = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(args.num_seeds))
-            absolute = jax.device_get(evaluate(runner.best_actor_params, key_abs, 10 * args.num_eval_episodes))
-            means = np.asarray(absolute[metric]).mean(axis=-1)
-            print(f"absolute {metric} (best parameters, {10 * args.num_eval_episodes} episodes): "
-                  f"{means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)")
-    except KeyboardInterrupt:
-        exit_message = f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl"
-    finally:
-        metrics_file.close()
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
-            json.dump(marl_eval_summary(env, args, checkpoints, absolute), f)
-        if args.save_model and checkpoints:
-            for name, params in (("final", runner.actor_params), ("best", runner.best_actor_params)):
-                with open(os.path.join(run_dir, f"actor_{name}.msgpack"), "wb") as f:
-                    f.write(serialization.to_bytes(jax.device_get(params)))
-        if wandb_run is not None:
-            wandb_run.finish()
-    if exit_message:
-        sys.exit(exit_message)
-    return run_dir
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ evaluation protocol and the output format. Each script carries its own copy; the
 the copies together, by text and by running the same inputs through each."""
 import importlib
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,16 +18,43 @@ BEGIN = "# Environment adapter (identical in every script"
 END = "# End of the environment adapter."
 
 
-def adapter_section(name):
+LEARNER_BEGIN = "# Learner network and distributions (identical in every script"
+LEARNER_END = "# End of the learner network and distributions."
+
+
+def section(name, begin, end):
     text = open(os.path.join(ROOT, f"{name}.py")).read()
-    assert text.count(BEGIN) == 1 and text.count(END) == 1, f"{name}.py lacks the adapter markers"
-    return text[text.index(BEGIN):text.index(END)]
+    assert text.count(begin) == 1 and text.count(end) == 1, f"{name}.py lacks the markers {begin!r}"
+    return text[text.index(begin):text.index(end)]
 
 
-def test_every_script_carries_the_same_adapter_text():
-    reference = adapter_section("ippo")
+@pytest.mark.parametrize("begin, end", [(BEGIN, END), (LEARNER_BEGIN, LEARNER_END)],
+                         ids=["environment adapter", "learner network and distributions"])
+def test_every_script_carries_the_same_text(begin, end):
+    reference = section("ippo", begin, end)
     for name in SCRIPTS:
-        assert adapter_section(name) == reference, f"{name}.py's environment adapter differs from ippo.py's"
+        assert section(name, begin, end) == reference, f"{name}.py's {begin[2:40]!r} block differs from ippo.py's"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_copied_script_runs_without_coordsum_except_on_coordsum(name, tmp_path):
+    """README: copy one file (plus coordsum.py for CoordSum) into a new experiment and it runs."""
+    shutil.copy(os.path.join(ROOT, f"{name}.py"), tmp_path)
+    code = (f"import {name} as m\n"
+            "print(m.make_env('lbf-2s-8x8-2p-2f-coop').num_agents)\n"
+            "try:\n    m.make_env('coordsum-3x10')\nexcept ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": "", "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == [
+        "2", "--env-id coordsum-3x10 needs coordsum.py beside this script: copy it from the repository"]
+
+
+def test_the_scripts_list_the_registered_coordsum_tasks():
+    import coordsum
+
+    for name in SCRIPTS:
+        assert importlib.import_module(name)._COORDSUM == tuple(coordsum.TASK_MAXVAL)
 
 
 @pytest.mark.parametrize("env_id", ["coordsum-3x10", "con-5x5x3a"])

@@ -215,8 +215,11 @@ def test_learner_loss_by_hand_in_both_kl_directions(direction, kl):
 
 
 def test_continuous_kl_is_the_closed_form_gaussian_kl():
-    mu = (jnp.array([[0.0, 1.0]]), jnp.log(jnp.array([[1.0, 2.0]])))
-    pi = (jnp.array([[1.0, 1.0]]), jnp.log(jnp.array([[2.0, 1.0]])))
+    def log_std(scale):  # the head's parameter for a given scale: softplus(log_std) + 1e-3 = scale
+        return jnp.log(jnp.expm1(jnp.array(scale) - 1e-3))
+
+    mu = (jnp.array([[0.0, 1.0]]), log_std([[1.0, 2.0]]))
+    pi = (jnp.array([[1.0, 1.0]]), log_std([[2.0, 1.0]]))
     expected = sum(np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5
                    for m1, s1, m2, s2 in ((0.0, 1.0, 1.0, 2.0), (1.0, 2.0, 1.0, 1.0)))
     np.testing.assert_allclose(ms.distillation_kl(mu, pi, True, "guider-learner"), [expected], rtol=1e-5)
