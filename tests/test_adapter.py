@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import coordsum
 import ippo as adapter  # the adapter section; test_consistency.py holds the other copies to it
 
 TASKS_JSON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark", "reference", "tasks.json")
@@ -324,7 +325,8 @@ def test_all_paper_tasks_build():
             assert name in adapter._SMAX and cfg["map_name"] == name
             assert kw == {"attack_mode": "closest", "see_enemy_actions": True, "walls_cause_death": True}
         else:
-            assert adapter.coordsum.parse_task(name) == (cfg["num_agents"], cfg["num_actions"], cfg["maxval"])
+            assert name in adapter._COORDSUM
+            assert coordsum.parse_task(name) == (cfg["num_agents"], cfg["num_actions"], cfg["maxval"])
             assert kw["time_limit"] == 100
         spec = adapter.make_env(env_id)
         assert spec.env_id == env_id and spec.obs_dim > spec.num_agents and spec.state_dim > 0

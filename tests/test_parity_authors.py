@@ -115,10 +115,10 @@ def sable_from_authors(tree, n_block, n_head):
     return {"params": params}
 
 
-def guider_state_from_authors(state):
+def guider_state_from_authors(state, module=ms):
     """Mava's retention states are [B, n_head, n_block, d, d]; GuiderState's [B, n_block, n_head, d, d]."""
     swap = lambda x: jnp.swapaxes(jnp.asarray(x), 1, 2)  # noqa: E731
-    return ms.GuiderState(swap(state["encoder"]), swap(state["decoder_self_retn"]), swap(state["decoder_cross_retn"]))
+    return module.GuiderState(*(swap(state[k]) for k in ("encoder", "decoder_self_retn", "decoder_cross_retn")))
 
 
 def assert_trees_close(ours, theirs, tol=LEAF_TOL, what=""):
@@ -189,6 +189,47 @@ def test_magpo_losses_gradients_and_step_match_rec_magpo(index):
             (actor, actor_grad, actor_from_authors(fx["actor_params_after"]), "learner")):
         updates, _ = opt.update(grad, opt.init(ours))
         assert_trees_close(jax.tree.map(jnp.add, ours, updates), theirs, what=f"{what} after one step")
+
+
+@pytest.mark.parametrize("module", [ms, ctds])
+def test_plain_sable_loss_gradient_and_step_match_rec_sable(module):
+    """Plain Sable (rec_sable.py): magpo_sable.py's guider at --delta inf --alpha 0, and ctds.py's teacher."""
+    fx = load("rec_sable")
+    n_block, n_head, embed = (int(x) for x in fx["config"][:3])
+    decay, clip_eps, ent_coef, vf_coef, lr, max_grad_norm = (float(x) for x in fx["config"][3:])
+    b = fx["batch"]
+    T, B, A = b["action"].shape
+    extra = {"delta": float("inf"), "alpha": 0.0} if module is ms else {}
+    args = module.Args(env_id=f"coordsum-{A}x{b['action_mask'].shape[-1]}", num_envs=B, rollout_length=T,
+                       total_timesteps=B * T, num_evaluations=1, n_block=n_block, n_head=n_head, embed_dim=embed,
+                       decay_scaling_factor=decay, layer_size=b["h0"].shape[-1], gru_size=b["h0"].shape[-1],
+                       clip_eps=clip_eps, ent_coef=ent_coef, vf_coef=vf_coef, lr=lr, max_grad_norm=max_grad_norm,
+                       **extra)
+    trainer = module.make_train(args, module.make_env(args.env_id))
+    learner = module.RecurrentNet(b["action_mask"].shape[-1], 0.01, args.layer_size, args.gru_size).init(
+        jax.random.PRNGKey(0), jnp.asarray(b["h0"][:1]), jnp.asarray(b["obs"][0, :1]), jnp.ones((1, A), bool))
+    traj = module.Transition(obs=b["obs"], step=b["step"], start=b["start"], action_mask=b["action_mask"],
+                             action=b["action"], log_prob=b["log_prob"], value=b["value"],
+                             reward=np.zeros((T, B), np.float32), done=np.zeros((T, B), bool))
+    state = guider_state_from_authors(fx["guider_state"], module)
+    batch = (traj, state, jnp.asarray(b["h0"]), b["advantage"], b["target"])
+    hp = module.hparams_from_args(args)
+
+    def guider_total(guider):  # the guider's (teacher's) terms only
+        _, s = trainer.loss(guider, learner, batch, hp)
+        return s["guider_loss"] + s.get("kl_loss", 0.0) - ent_coef * s["entropy"] + vf_coef * s["value_loss"], s
+
+    guider = sable_from_authors(fx["params"], n_block, n_head)
+    (total, stats), grad = jax.value_and_grad(guider_total, has_aux=True)(guider)
+    loss = fx["loss"]
+    np.testing.assert_allclose(total, loss["total"], rtol=LOSS_RTOL)
+    for ours, theirs in (("guider_loss", "actor_loss"), ("value_loss", "value_loss"), ("entropy", "entropy")):
+        np.testing.assert_allclose(stats[ours], loss[theirs], rtol=LOSS_RTOL, err_msg=ours)
+    assert_trees_close(grad, sable_from_authors(fx["grads"], n_block, n_head), what="Sable gradient")
+    opt = module.optimiser(lr, max_grad_norm)
+    updates, _ = opt.update(grad, opt.init(guider))
+    assert_trees_close(jax.tree.map(jnp.add, guider, updates), sable_from_authors(fx["params_after"], n_block, n_head),
+                       what="Sable after one step")
 
 
 def test_sable_acting_matches_get_actions():

@@ -517,11 +517,56 @@ def export_continuous_head(out: pathlib.Path):
     print(f"continuous_head: mean log-prob {float(jnp.mean(policy.log_prob(action))):.4f}")
 
 
+# ------------------------------------------------------------------------------------------------
+# Plain Sable (rec_sable.py): its PPO loss, gradient and one step; magpo_sable.py at --delta inf
+# --alpha 0 and ctds.py's teacher must compute it.
+# ------------------------------------------------------------------------------------------------
+def export_sable(out: pathlib.Path):
+    from mava.networks.utils.sable import get_init_hidden_state
+    from mava.systems.ppo.types import PPOTransition
+    from mava.systems.sable.anakin import rec_sable
+    from mava.systems.sable.types import HiddenStates
+    from mava.types import Observation
+
+    n_block, n_head, embed, decay = 2, 2, 16, 0.8
+    key = jax.random.PRNGKey(41)
+    k = jax.random.split(key, 8)
+    sable, net_config = sable_network(n_block, n_head, embed, decay)
+    obs0 = Observation(jnp.zeros((1, A, OBS)), jnp.ones((1, A, ACTIONS), bool), jnp.zeros((1, A), jnp.int32))
+    params = perturb(sable.init(k[0], obs0, get_init_hidden_state(net_config, 1), k[1], method="get_actions"),
+                     k[2], 0.15)
+    batch = make_batch(k[3])
+    hs_shape = (B, n_head, n_block, embed // n_head, embed // n_head)
+    prev = HiddenStates(*(0.3 * jax.random.normal(kk, hs_shape) for kk in jax.random.split(k[4], 3)))
+    step = np.broadcast_to(batch["step"][..., None], (T, B, A))
+    obs = Observation(*(concat_time_and_agents(batch[n]) for n in ("obs", "action_mask")), concat_time_and_agents(step))
+    start = concat_time_and_agents(np.broadcast_to(batch["start"][..., None], (T, B, A)))
+    action = concat_time_and_agents(batch["action"])
+    _, log_prob, _, _ = sable.apply(params, obs, action, prev, start, k[5])
+    log_prob = log_prob + 0.3 * jax.random.normal(k[6], log_prob.shape)
+    batch["log_prob"] = np.asarray(jnp.moveaxis(log_prob.reshape(B, T, A), 0, 1))
+    clip_eps, ent_coef, vf_coef, lr, max_grad_norm = 0.2, 0.01, 0.5, 2.5e-4, 0.5
+    config = SimpleNamespace(system=SimpleNamespace(clip_eps=clip_eps, ent_coef=ent_coef, vf_coef=vf_coef))
+    loss_fn = nested_function(rec_sable, "_loss_fn", sable_apply_fn=sable.apply, config=config)
+    traj = PPOTransition(done=start, action=action, value=concat_time_and_agents(batch["value"]), reward=None,
+                         log_prob=log_prob, obs=obs)
+    (total, (actor_loss, entropy, value_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, traj, concat_time_and_agents(batch["advantage"]), concat_time_and_agents(batch["target"]), prev, k[7])
+    np.savez_compressed(
+        out / "rec_sable.npz", **{f"batch/{n}": v for n, v in batch.items()}, **flatten(prev._asdict(), "guider_state"),
+        **flatten(params, "params"), **flatten(grads, "grads"),
+        **flatten(one_adam_step(params, grads, lr, max_grad_norm), "params_after"),
+        **{"loss/total": total, "loss/actor_loss": actor_loss, "loss/entropy": entropy, "loss/value_loss": value_loss},
+        config=np.array([n_block, n_head, embed, decay, clip_eps, ent_coef, vf_coef, lr, max_grad_norm]))
+    print(f"rec_sable: total {float(total):.6f}")
+
+
 EXPORTS = {
     "magpo": export_magpo,
     "sable_acting": export_sable_acting,
     "ippo": lambda out: export_ppo(out, "rec_ippo"),
     "mappo": lambda out: export_ppo(out, "rec_mappo"),
+    "sable": export_sable,
     "mat": export_mat,
     "continuous_head": export_continuous_head,
     "envs": export_envs,
