@@ -613,7 +613,7 @@ class RunnerState(NamedTuple):
     best_guider_params: dict
 
 
-# what gradient steps change
+# The fields that the gradient steps change.
 TRAINED = ("guider_params", "actor_params", "guider_opt_state", "actor_opt_state")
 
 

@@ -328,7 +328,7 @@ class Trainer(NamedTuple):
     loss: Callable  # loss(actor_params, critic_params, batch, hp) -> (total, stats), exposed for tests
 
 
-# what gradient steps change
+# The fields that the gradient steps change.
 TRAINED = ("actor_params", "critic_params", "actor_opt_state", "critic_opt_state")
 
 
