@@ -56,6 +56,13 @@ import tyro
 from flax import serialization
 from flax.linen.initializers import constant, orthogonal
 
+# XLA:CPU in jax 0.10 hands small matmuls to YNNPACK fusions, which made the many tiny steps of the GRU scans
+# about 30% slower on a CPU (README, "JAX 0.6 to 0.10"); off unless XLA_FLAGS says otherwise. Read when the
+# backend starts, not at import; jax before 0.10 does not know the flag.
+_xla_flags = os.environ.get("XLA_FLAGS", "")
+if tuple(int(v) for v in jax.__version__.split(".")[:2]) >= (0, 10) and "ynn_fusion" not in _xla_flags:
+    os.environ["XLA_FLAGS"] = f"{_xla_flags} --xla_cpu_experimental_ynn_fusion_type=".strip()
+
 
 ALGORITHM = "ctds"
 
@@ -1079,9 +1086,17 @@ def validate(args: Args) -> EnvSpec:
             f"{steps_per_update * args.num_evaluations} or fewer evaluations"
         )
     try:
-        return make_env(args.env_id)
+        env = make_env(args.env_id)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    need, free = rollout_bytes(args, env), free_bytes()
+    if free is not None and need > free:
+        raise UsageError(
+            f"{args.env_id} with --num-envs {args.num_envs} x --rollout-length {args.rollout_length} x "
+            f"--num-seeds {args.num_seeds} needs at least {need / 2**30:,.1f} GiB for its rollout alone, "
+            f"more than the {free / 2**30:,.1f} GiB free: lower --num-envs, --rollout-length or --num-seeds"
+        )
+    return env
 
 
 LOSSES = ("guider_loss", "value_loss", "entropy", "distill_loss")
@@ -1094,6 +1109,38 @@ def first_non_finite(train_stats: dict) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
+# A loss this large is finite, but the run has diverged (a value loss of 5e31 at a learning rate of 1e6).
+LOSS_WARNING = 1e8
+
+
+def exploded_loss(train_stats: dict) -> tuple[str, float] | None:
+    """The first of LOSSES whose magnitude passed LOSS_WARNING in this interval, with its largest value."""
+    for name in LOSSES:
+        peak = float(np.nanmax(np.abs(np.asarray(train_stats[name]))))
+        if peak > LOSS_WARNING:
+            return name, peak
+    return None
+
+
+def rollout_bytes(args: Args, env: EnvSpec) -> int:
+    """A lower bound on a run's memory: the rollout every update keeps whole (observations, action masks,
+    global states) for all seeds, split over the devices. The update and the networks need more."""
+    per_step = env.num_agents * (4 * env.obs_dim + env.num_actions) + 4 * env.state_dim
+    return args.num_seeds * args.num_envs * args.rollout_length * per_step // jax.device_count()
+
+
+def free_bytes() -> int | None:
+    """Free memory of the first device: an accelerator's own, else the host's (Linux MemAvailable)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def main(args: Args) -> str:
     try:
         env = validate(args)
@@ -1103,7 +1150,11 @@ def main(args: Args) -> str:
         args = dataclasses.replace(
             args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False, save_model=False
         )
-    run_dir = make_run_dir(args)
+    try:
+        run_dir = make_run_dir(args)
+    except OSError as error:  # read-only, a file in the way, /proc, ...: before anything compiles
+        sys.exit(f"error: --output-dir {args.output_dir!r} cannot hold a run directory: "
+                 f"{error.strerror or error}")
     print(
         f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
         f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}"
@@ -1139,7 +1190,7 @@ def main(args: Args) -> str:
     print(f"compiled in {time.time() - t0:.1f}s")
     checkpoints, absolute, metric = [], {}, headline_metric(env.suite)
     metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-    train_start, exit_message = time.time(), None
+    train_start, exit_message, warned = time.time(), None, False
     try:
         for i in range(args.num_evaluations):
             runner, out = compiled(runner, hp)
@@ -1150,6 +1201,13 @@ def main(args: Args) -> str:
                 exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1}); "
                                 f"stopping. Metrics so far are in {run_dir}/metrics.jsonl")
                 break
+            exploded = exploded_loss(out["train"])
+            if exploded is not None and not warned:
+                warned = True  # once: a diverged run would repeat it at every checkpoint
+                print(f"warning: {exploded[0]} reached {exploded[1]:.3g} by checkpoint {i + 1} (above "
+                      f"{LOSS_WARNING:.0e}): the run is likely diverging; a lower learning rate usually "
+                      "helps",
+                      file=sys.stderr, flush=True)
             elapsed = time.time() - train_start
             env_steps = (i + 1) * steps_per_interval
             guider = {f"guider_{k}": v for k, v in summarise(out["guider_eval"]).items()}
@@ -1516,12 +1574,14 @@ def _jaxmarl_core(env, agents, make_state, make_mask, team_reward, terminated_fn
 
     def core_reset(key):
         obs, inner = env.reset(key)
-        return inner, stack(obs), make_mask(inner), make_state(obs)
+        views = stack(obs)
+        return inner, views, make_mask(inner), make_state(obs, views)
 
     def core_step(key, inner, actions):
         obs, nxt, reward, dones, _ = env.step_env(key, inner, actions_fn(actions))
         rewards = jnp.stack([reward[a] for a in agents]).astype(jnp.float32)
-        return (nxt, stack(obs), make_mask(nxt), make_state(obs), team_reward(rewards),
+        views = stack(obs)
+        return (nxt, views, make_mask(nxt), make_state(obs, views), team_reward(rewards),
                 dones["__all__"], terminated_fn(nxt), won_fn(rewards))
 
     return core_reset, core_step
@@ -1543,7 +1603,8 @@ def _make_mpe(env_id, task):
 
     core = _jaxmarl_core(
         env, agents,
-        make_state=lambda obs: jnp.concatenate([obs[a] for a in agents]),
+        # The state is read off the same array as the views: built apart, XLA may round them apart.
+        make_state=lambda obs, views: views.reshape(-1),
         make_mask=lambda s: jnp.ones((n, act_dim), bool),
         team_reward=jnp.mean,  # Mava's episode return: mean of the per-agent rewards
         terminated_fn=lambda s: jnp.zeros((), bool),  # MPE episodes only end at the limit
@@ -1568,7 +1629,7 @@ def _make_smax(env_id, task):
 
     core = _jaxmarl_core(
         env, agents,
-        make_state=lambda obs: obs["world_state"],
+        make_state=lambda obs, views: obs["world_state"],
         make_mask=lambda s: jnp.stack([env.get_avail_actions(s)[a] for a in agents]).astype(bool),
         team_reward=jnp.mean,  # all allies get the same reward
         terminated_fn=terminated,
@@ -1642,9 +1703,17 @@ def make_env(env_id: str) -> EnvSpec:
 # Output helpers: run directory, marl-eval summary, progress line
 # =============================================================================================
 def make_run_dir(args: Args) -> str:
-    run_name = f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join(args.output_dir, run_name)
-    os.makedirs(run_dir, exist_ok=True)
+    """A new directory of its own: created exclusively, with a suffix when another run (e.g. one started in
+    the same second by a `&`-parallel sweep) already took the name, so no two runs ever share one."""
+    base = os.path.join(args.output_dir, f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+    run_dir, suffix = base, 1
+    while True:
+        try:
+            os.makedirs(run_dir)
+            break
+        except FileExistsError:
+            suffix += 1
+            run_dir = f"{base}_{suffix}"
     with open(os.path.join(run_dir, "args.json"), "w") as f:
         json.dump({**dataclasses.asdict(args), "algorithm": ALGORITHM}, f, indent=2)
     return run_dir

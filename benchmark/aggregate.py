@@ -26,6 +26,7 @@ import csv
 import glob
 import json
 import os
+import sys
 import warnings
 from collections import defaultdict
 
@@ -71,8 +72,13 @@ def load_runs(runs_dir: str) -> dict:
                 for algorithm, seeds in algorithms.items():
                     if plain:
                         algorithm = PLAIN_NAMES.get(algorithm, f"{algorithm}_plain_learner")
-                    runs[suite, task, algorithm].extend(seeds.values())
-    return dict(runs)
+                    # A run stopped before its first checkpoint has seeds with nothing in them: no score.
+                    kept = [seed for seed in seeds.values() if any(k.startswith("step_") for k in seed)]
+                    if len(kept) < len(seeds):
+                        print(f"note: skipping {len(seeds) - len(kept)} seed(s) of {algorithm} in {path}: "
+                              "stopped before its first checkpoint", file=sys.stderr)
+                    runs[suite, task, algorithm].extend(kept)
+    return {key: seeds for key, seeds in runs.items() if seeds}
 
 
 def final_score(run: dict, metric: str) -> float:

@@ -10,6 +10,13 @@ throughput (the ceiling) and, where given, the authors' Mava-based systems on th
         --hparams paper --updates 2 --name sps_guided_cpu
     python benchmark/sps.py --scripts ippo mappo magpo_sable sable ctds magpo_mat mat --env-ids coordsum-3x10 \
         rware-tiny-2ag --hparams paper --updates 2 --authors-src /tmp/authors-src --name sps_all_cpu
+    python benchmark/sps.py --scripts ippo mappo magpo_sable magpo_mat ctds --env-ids coordsum-3x10 rware-tiny-2ag \
+        --hparams paper --updates 1 --repeats 3 --baseline /tmp/old --baseline-python /tmp/old-venv/bin/python
+
+`--baseline ROOT --baseline-python PYTHON` measures another checkout of this repository (its scripts, run by
+that interpreter, e.g. an older commit with the older pins) beside this one, cell by cell in the same
+session, each figure in its own process; the order of the two sides alternates from cell to cell, so a
+machine that drifts does not favour one side. The measuring code is this file's on both sides.
 
 `sable` and `mat` are plain Sable and plain MAT: magpo_sable.py and magpo_mat.py with --delta inf --alpha 0
 (benchmark/run.py --plain), beside the authors' rec_sable and mat.
@@ -40,6 +47,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The environment as it was given: importing a script (for its paper values) may add to XLA_FLAGS, which a
+# --baseline-python with another jax must not inherit.
+ENV_AT_START = dict(os.environ)
 SUITE_TASKS = ["coordsum-3x10", "rware-tiny-2ag", "lbf-2s-8x8-2p-2f-coop", "con-5x5x3a", "mpe-simple_spread_3ag", "smax-2s3z"]
 # The authors' hydra names for the tasks this benchmark compares on.
 AUTHORS_ENVS = {"coordsum-3x10": ("coordsum", "3x10-30"), "rware-tiny-2ag": ("rware", "tiny-2ag")}
@@ -93,11 +103,12 @@ def device_peak_mib() -> float | None:
 
 
 def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int, updates: int, repeats: int,
-                   overrides: dict) -> dict:
-    """Compile `updates` training updates of `script` as one jitted call and time `repeats` calls."""
+                   overrides: dict, code_root: str = ROOT) -> dict:
+    """Compile `updates` training updates of `script` (the file in `code_root`) as one jitted call and time
+    `repeats` calls."""
     import jax
 
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, code_root)
     name, plain = module_of(script)
     module = importlib.import_module(name)
     if plain:
@@ -123,18 +134,19 @@ def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int,
         times.append(time.perf_counter() - start)
     steps = num_envs * rollout_length * updates
     return {"kind": "ours", "script": script, "env_id": env_id, "num_envs": num_envs, "compile_s": round(compile_s, 1),
-            "sps": round(steps / statistics.median(times)), "peak_host_mib": round(peak_rss_mib()),
+            "sps": round(steps / statistics.median(times)), "sps_repeats": [round(steps / t) for t in times],
+            "peak_host_mib": round(peak_rss_mib()), "jax": jax.__version__,
             "peak_device_mib": device_peak_mib(), "device": str(jax.devices()[0].device_kind),
             "hparams": {k: str(v) if v == float("inf") else v for k, v in overrides.items()}}  # strict JSON: no Infinity
 
 
-def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int) -> dict:
+def measure_env(env_id: str, num_envs: int, rollout_length: int, repeats: int, code_root: str = ROOT) -> dict:
     """Random valid actions in `num_envs` environments, `rollout_length` steps per call, stepped by
     `step_many` as the scripts step them."""
     import jax
     import jax.numpy as jnp
 
-    sys.path.insert(0, ROOT)
+    sys.path.insert(0, code_root)
     env = importlib.import_module("ippo").make_env(env_id)
 
     def rollout(key):
@@ -208,9 +220,15 @@ def measure_authors(system: str, env_id: str, src: str, venv: str, num_envs: int
             "hparams": hydra_overrides}
 
 
-def in_subprocess(*argv: str) -> dict:
-    result = subprocess.run([sys.executable, os.path.abspath(__file__), "--measure", *argv],
-                            capture_output=True, text=True, cwd=ROOT)
+def in_subprocess(*argv: str, python: str = sys.executable, code_root: str = ROOT, timeout: float | None = None) -> dict:
+    """One figure in a fresh process: `python` runs this file's measuring code on the scripts in `code_root`.
+    A figure not done within `timeout` seconds (compilation included) is recorded as such."""
+    try:
+        result = subprocess.run([python, os.path.abspath(__file__), "--measure", *argv, "--code-root", code_root],
+                                capture_output=True, text=True, cwd=code_root, timeout=timeout, env=ENV_AT_START)
+    except subprocess.TimeoutExpired:
+        kind = {"kind": "env"} if argv[0] == "env" else {"kind": "ours", "script": argv[0]}
+        return {**kind, "env_id": argv[1], "timeout_s": timeout}
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-3000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -248,12 +266,48 @@ def table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
             ours = by.get(("ours", script, env_id))
             if ours is None:
                 continue
+            if "sps" not in ours:  # timed out
+                lines.append(f"| {script} | {env_id} | {ours.get('values', 'defaults')} | {sps_cell(ours)} |"
+                             + " - |" * 6)
+                continue
             ceiling = by.get(("env", None, env_id))
             authors = by.get(("authors", script, env_id))
             lines.append("| " + " | ".join([
                 script, env_id, ours.get("values", "defaults"), f"{ours['sps']:,}", f"{ours['compile_s']}", f"{ours['peak_host_mib']:,}",
                 f"{ceiling['sps']:,}" if ceiling else "-", f"{ours['sps'] / ceiling['sps']:.1%}" if ceiling else "-",
                 authors_cell(authors), ratio_cell(ours, authors)]) + " |")
+    return "\n".join(lines)
+
+
+def sps_cell(row: dict) -> str:
+    return f"{row['sps']:,}" if "sps" in row else f"not done in {row['timeout_s']:,.0f} s"
+
+
+def spread(row: dict) -> str:
+    """The slowest and fastest of a figure's timed calls, as steps/s: the noise within one process."""
+    if "sps" not in row:
+        return "-"
+    repeats = row.get("sps_repeats") or [row["sps"]]
+    return f"{min(repeats):,}-{max(repeats):,}"
+
+
+def compare_table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
+    """Baseline (before) and this checkout (after), cell by cell."""
+    by = {(r["kind"], r.get("script"), r["env_id"], r.get("side", "after")): r for r in rows}
+    lines = ["| script | task | values | steps/s before | steps/s after | after / before | spread before | spread after "
+             "| compile s before, after | peak host MiB before, after |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for env_id in env_ids:
+        for kind, script in [("env", None)] + [("ours", s) for s in scripts]:
+            old, new = by.get((kind, script, env_id, "before")), by.get((kind, script, env_id, "after"))
+            if old is None or new is None:
+                continue
+            compile_s = f"{old.get('compile_s', '-')}, {new.get('compile_s', '-')}" if kind == "ours" else "-"
+            peak = ", ".join(f"{r['peak_host_mib']:,}" if "peak_host_mib" in r else "-" for r in (old, new))
+            ratio = f"{new['sps'] / old['sps']:.2f}x" if "sps" in old and "sps" in new else "-"
+            lines.append("| " + " | ".join([
+                script or "env ceiling (random actions)", env_id, new.get("values", "-"), sps_cell(old), sps_cell(new),
+                ratio, spread(old), spread(new), compile_s, peak if kind == "ours" else "-"]) + " |")
     return "\n".join(lines)
 
 
@@ -274,29 +328,48 @@ def main() -> None:
                         help="each script's defaults, or the paper's tuned values for the task where they exist")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmark", "results"), help="folder for the .md/.json results")
     parser.add_argument("--name", help="file name (without extension) of the results; default sps_<device>")
+    parser.add_argument("--baseline", help="another checkout of this repository to measure beside this one (before)")
+    parser.add_argument("--baseline-python", default=sys.executable, help="the interpreter (virtualenv) of --baseline")
+    parser.add_argument("--timeout", type=float, help="seconds one figure of ours may take, compilation included")
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--code-root", default=ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
 
     if opts.measure:  # child process: one figure, printed as JSON
         what, *rest = opts.measure
         if what == "env":
-            out = measure_env(rest[0], opts.num_envs, opts.rollout_length, opts.repeats + 1)
+            out = measure_env(rest[0], opts.num_envs, opts.rollout_length, opts.repeats + 1, opts.code_root)
         else:
             out = measure_script(what, rest[0], opts.num_envs, opts.rollout_length, opts.updates, opts.repeats,
-                                 json.loads(rest[1]))
+                                 json.loads(rest[1]), opts.code_root)
         print(json.dumps(out))
         return
 
     common = ["--num-envs", str(opts.num_envs), "--rollout-length", str(opts.rollout_length),
               "--updates", str(opts.updates), "--repeats", str(opts.repeats)]
-    rows = []
+    if opts.baseline and not os.path.isfile(os.path.join(opts.baseline, "benchmark", "sps.py")):
+        parser.error(f"--baseline {opts.baseline}: not a checkout of this repository (no benchmark/sps.py)")
+    sides = [("after", sys.executable, ROOT)]
+    if opts.baseline:
+        sides.append(("before", opts.baseline_python, os.path.abspath(opts.baseline)))
+    rows, cell = [], 0
+
+    def measure(*argv: str, **extra) -> None:
+        nonlocal cell
+        cell += 1
+        for side, python, code_root in sides[::(-1) ** cell]:  # alternate which side goes first
+            row = {**in_subprocess(*argv, *common, python=python, code_root=code_root, timeout=opts.timeout), **extra}
+            rows.append({**row, "side": side} if opts.baseline else row)
+            what = argv[0] if argv[0] != "env" else "env ceiling"
+            compiled = f", compiled in {row['compile_s']}s" if "compile_s" in row else ""
+            print(f"{what} {argv[1]}{f' ({side})' if opts.baseline else ''}: {sps_cell(row)} steps/s{compiled}", flush=True)
+            write_results(opts, rows)
+
     for env_id in opts.env_ids:
-        rows.append(in_subprocess("env", env_id, *common))
-        print(f"env ceiling {env_id}: {rows[-1]['sps']:,} steps/s", flush=True)
+        measure("env", env_id)
         for script in opts.scripts:
             ours, theirs, source = paper_hparams(script, env_id) if opts.hparams == "paper" else ({}, [], "defaults")
-            rows.append({**in_subprocess(script, env_id, json.dumps(ours), *common), "values": source})
-            print(f"{script} {env_id}: {rows[-1]['sps']:,} steps/s, compiled in {rows[-1]['compile_s']}s", flush=True)
+            measure(script, env_id, json.dumps(ours), values=source)
             if opts.authors_src and env_id in AUTHORS_ENVS and script in AUTHORS_SYSTEMS:
                 try:
                     rows.append(measure_authors(script, env_id, opts.authors_src, opts.authors_venv, opts.num_envs,
@@ -333,7 +406,12 @@ def write_results(opts, rows: list[dict], final: bool = False) -> None:
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {device} ({os.cpu_count()} cores, {cpu_model()}), "
               f"{opts.num_envs} envs x rollout {opts.rollout_length}, {opts.updates} updates per timed call.\n"
               f"Command: python benchmark/sps.py {' '.join(sys.argv[1:])}\n")
-    text = header + "\n" + table(rows, opts.scripts, opts.env_ids) + "\n"
+    if getattr(opts, "baseline", None):
+        header += (f"Before: {opts.baseline} run by {opts.baseline_python}; after: {ROOT} run by {sys.executable}. "
+                   "Spread: the slowest and fastest timed call of each figure.\n")
+        text = header + "\n" + compare_table(rows, opts.scripts, opts.env_ids) + "\n"
+    else:
+        text = header + "\n" + table(rows, opts.scripts, opts.env_ids) + "\n"
     if final:
         print("\n" + text)
     os.makedirs(opts.out, exist_ok=True)

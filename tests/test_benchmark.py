@@ -137,6 +137,20 @@ def test_aggregate_tables_and_plots(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 100
 
 
+def test_aggregate_skips_a_run_stopped_before_its_first_checkpoint(tmp_path, capsys):
+    import aggregate
+
+    runs_dir = str(tmp_path / "runs")
+    write_run(runs_dir, "a", "coordsum", "3x10", "ippo", [1.0, 2.0, 3.0], [[0, 1], [0, 2], [0, 3]])
+    empty = os.path.join(runs_dir, "b")  # what a script writes when stopped during its first interval
+    os.makedirs(empty)
+    json.dump({"coordsum": {"3x10": {"mappo": {"seed_0": {}, "seed_1": {}}}}}, open(os.path.join(empty, "summary.json"), "w"))
+    aggregate.main([runs_dir, "--out", str(tmp_path / "results"), "--reps", "100"])
+    tasks = json.load(open(tmp_path / "results" / "tasks.json"))
+    assert [r["algorithm"] for r in tasks] == ["ippo"]
+    assert "skipping 2 seed(s) of mappo" in capsys.readouterr().err
+
+
 def test_sps_gives_both_sides_the_same_paper_row():
     # Plain MAT: our Args get delta=inf, alpha=0; their mat.py gets no alpha/clip_gpo (it has neither) and its
     # network keys sit one level higher than Sable's.
@@ -170,6 +184,23 @@ def test_sps_table_ratios_and_a_failed_authors_run():
     assert sable[2] == "sable row" and sable[8].startswith("failed") and sable[9] == "- |"
     # 98,304 steps not done in 3,600 s: under 27.3 steps/s, so ours at 1,200 is over 1,200 / 27.3 = 43.9x
     assert magpo[8] == "timed out: under 27.3 on average over 3,600 s" and magpo[9] == "over 43.9x |"
+
+
+def test_sps_before_and_after_table():
+    """--baseline: each cell shows the other checkout's figure beside ours, their ratio and each side's spread."""
+    rows = [{"kind": "env", "env_id": "coordsum-3x10", "sps": 400_000, "side": "before"},
+            {"kind": "env", "env_id": "coordsum-3x10", "sps": 500_000, "side": "after"},
+            {"kind": "ours", "script": "ippo", "env_id": "coordsum-3x10", "sps": 2_000, "sps_repeats": [1_900, 2_000, 2_100],
+             "compile_s": 7.0, "peak_host_mib": 800, "values": "ippo row", "side": "before"},
+            {"kind": "ours", "script": "ippo", "env_id": "coordsum-3x10", "sps": 3_000, "sps_repeats": [3_000, 2_950, 3_010],
+             "compile_s": 6.5, "peak_host_mib": 1_200, "values": "ippo row", "side": "after"},
+            {"kind": "ours", "script": "mappo", "env_id": "coordsum-3x10", "sps": 1_000, "compile_s": 7.0,
+             "peak_host_mib": 800, "side": "after"}]  # no before: left out
+    lines = sps.compare_table(rows, ["ippo", "mappo"], ["coordsum-3x10"]).splitlines()
+    assert len(lines) == 4
+    env, ippo = (line.split(" | ") for line in lines[2:])
+    assert env[3:6] == ["400,000", "500,000", "1.25x"] and env[8] == "-"
+    assert ippo[2:10] == ["ippo row", "2,000", "3,000", "1.50x", "1,900-2,100", "2,950-3,010", "7.0, 6.5", "800, 1,200 |"]
 
 
 def test_sps_authors_run_that_times_out_becomes_a_bound(tmp_path):
@@ -216,3 +247,24 @@ def test_sps_results_name_the_cpu(tmp_path):
     model = sps.cpu_model()
     assert model in open(tmp_path / "t.md").readline()
     assert json.load(open(tmp_path / "t.json"))["cpu"] == model
+
+
+def test_sps_baseline_that_is_not_a_checkout_fails_at_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["sps.py", "--baseline", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        sps.main()
+    assert f"--baseline {tmp_path}: not a checkout of this repository" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # nothing measured, nothing written
+
+
+def test_sps_figure_past_its_timeout_is_recorded_not_lost(tmp_path):
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\nexec sleep 30\n")
+    python.chmod(0o755)
+    row = sps.in_subprocess("magpo_sable", "coordsum-3x10", "{}", python=str(python), timeout=0.5)
+    assert row == {"kind": "ours", "script": "magpo_sable", "env_id": "coordsum-3x10", "timeout_s": 0.5}
+    before = {**row, "side": "before"}
+    after = {"kind": "ours", "script": "magpo_sable", "env_id": "coordsum-3x10", "sps": 600, "compile_s": 40.0,
+             "peak_host_mib": 900, "side": "after"}
+    line = sps.compare_table([before, after], ["magpo_sable"], ["coordsum-3x10"]).splitlines()[2].split(" | ")
+    assert line[3:6] == ["not done in 0 s", "600", "-"] and line[8] == "-, 40.0"

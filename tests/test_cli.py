@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 SCRIPTS = ["ippo", "mappo", "magpo_sable", "ctds", "magpo_mat"]
@@ -115,3 +116,41 @@ def test_distributed_without_a_cluster_names_the_flag(script, tmp_path):
     assert result.returncode != 0
     assert "error: --distributed found no cluster to join" in result.stderr
     assert "compiled" not in result.stdout and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc"])
+def test_output_dir_that_cannot_hold_a_run_names_the_flag(script, where, tmp_path, capsys):
+    output_dir = str(tmp_path / "taken") if where == "a file" else "/proc/magpo-runs"
+    if where == "a file":
+        open(output_dir, "w").close()
+    with pytest.raises(SystemExit) as stop:
+        script.main(script.Args(env_id="coordsum-3x10", output_dir=output_dir))
+    assert str(stop.value).startswith(f"error: --output-dir {output_dir!r} cannot hold a run directory")
+    assert "compiled" not in capsys.readouterr().out
+
+
+def test_runs_started_in_the_same_second_never_share_a_directory(script, tmp_path, monkeypatch):
+    monkeypatch.setattr(script.time, "time", lambda: 1_700_000_000.0)
+    args = script.Args(env_id="coordsum-3x10", output_dir=str(tmp_path))
+    dirs = [script.make_run_dir(args) for _ in range(3)]
+    assert len(set(dirs)) == 3 and sorted(os.listdir(tmp_path)) == sorted(os.path.basename(d) for d in dirs)
+    assert dirs[1] == dirs[0] + "_2" and all(os.path.exists(os.path.join(d, "args.json")) for d in dirs)
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(script):
+    # coordsum-1000x1000: 1,000 agents, each seeing a 1,001-float view (id and target) and masking 1,000 actions
+    # per step; the global state holds the 1,000 agents' targets
+    args = script.Args(env_id="coordsum-1000x1000", num_seeds=10)
+    with pytest.raises(script.UsageError) as error:
+        script.validate(args)
+    text = str(error.value)
+    assert text.startswith("coordsum-1000x1000 with --num-envs 128 x --rollout-length 128 x --num-seeds 10 needs at least")
+    need = 10 * 128 * 128 * (1000 * (4 * 1001 + 1000) + 4 * 1000)
+    assert f"{need / 2**30:,.1f} GiB for its rollout alone" in text and "lower --num-envs" in text
+
+
+def test_exploded_loss_names_the_first_loss_past_the_bound(script):
+    stats = {name: np.zeros((2, 3)) for name in script.LOSSES}
+    assert script.exploded_loss(stats) is None
+    stats["value_loss"][1, 2] = -5e31
+    assert script.exploded_loss(stats) == ("value_loss", 5e31)
