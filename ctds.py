@@ -40,8 +40,11 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple
@@ -53,8 +56,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tyro
-from flax import serialization
-from flax.linen.initializers import constant, orthogonal
+from flax import serialization, traverse_util
+from flax.linen.initializers import constant
+from flax.linen.initializers import orthogonal as flax_orthogonal
 
 # XLA:CPU in jax 0.10 hands small matmuls to YNNPACK fusions, which made the many tiny steps of the GRU scans
 # about 30% slower on a CPU (README, "JAX 0.6 to 0.10"); off unless XLA_FLAGS says otherwise. Read when the
@@ -105,6 +109,13 @@ class Args:
     """several hosts: call jax.distributed.initialize() first, which finds the other processes through the
     cluster's scheduler (SLURM, Open MPI, Kubernetes, Cloud TPU); the environments are split over every host's
     devices and process 0 writes the outputs"""
+    resume: str | None = None
+    """a run directory to continue from its last checkpoint; flags left out come from its args.json"""
+    evaluate: str | None = None
+    """a saved parameter file (actor_best.msgpack, or a guided script's guider_best.msgpack) to evaluate
+    for --num-eval-episodes episodes per seed instead of training"""
+    progress_seconds: float = 10.0
+    """seconds between progress lines during training"""
 
     kl_direction: Literal["guider-learner", "learner-guider"] = "guider-learner"
     """student's loss: KL(teacher || student) as the authors' MAGPO code computes its distillation term, or
@@ -159,6 +170,19 @@ def hparams_from_args(args: Args) -> dict[str, jax.Array]:
 # Networks: the learner = the student (the GRU actor of ippo.py) and the guider = the teacher (Sable)
 # =============================================================================================
 # Learner network and distributions (identical in every script; tests/test_consistency.py holds them together)
+def orthogonal(scale=1.0):
+    """flax's orthogonal initialiser, computed one matrix at a time under vmap (same values). jaxlib 0.10's
+    batched LAPACK QR waits for helpers on the thread pool it runs on: two of them at once (the actor's and
+    the critic's, seeds vmapped) left a 2-core CPU waiting forever."""
+
+    def init(key, shape, dtype=jnp.float32):
+        one = jax.custom_batching.custom_vmap(lambda k: flax_orthogonal(scale)(k, shape, dtype))
+        one.def_vmap(lambda axis_size, in_batched, keys: (jax.lax.map(one, keys), True))
+        return one(key)
+
+    return init
+
+
 def stacked_orthogonal(key, shape, dtype=jnp.float32):
     """[H, k*H] kernel of k independent orthogonal [H, H] blocks: flax's GRUCell initialises each
     gate's recurrent kernel this way, and the fused kernel below keeps that."""
@@ -627,7 +651,8 @@ TRAINED = ("guider_params", "actor_params", "guider_opt_state", "actor_opt_state
 class Trainer(NamedTuple):
     init: Callable  # init(key, hp) -> RunnerState
     update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its epochs
-    learn: Callable  # learn(runner, hp) -> (runner, metrics): an interval of updates, then evaluation
+    evaluate_checkpoint: Callable  # evaluate_checkpoint(runner) -> (runner, evaluations), best kept
+    learn: Callable  # learn(runner, hp) -> (runner, metrics): an interval of updates, then the above
     evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics of the student
     evaluate_guider: Callable  # evaluate_guider(guider_params, key, num_episodes) -> the teacher's
     train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
@@ -912,8 +937,7 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         stats["train_episodes"] = done.sum()
         return runner, stats
 
-    def learn(runner: RunnerState, hp):
-        runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
+    def evaluate_checkpoint(runner: RunnerState):
         key, key_eval, key_guider = jax.random.split(runner.key, 3)
         evaluation = evaluate(runner.actor_params, key_eval, args.num_eval_episodes)
         guider_evaluation = evaluate_guider(runner.guider_params, key_guider, args.num_eval_episodes)
@@ -925,14 +949,20 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
                                                    runner.best_guider_params)
         runner = runner._replace(key=key, best_score=best_score, best_actor_params=best_actor,
                                  best_guider_score=best_guider_score, best_guider_params=best_guider)
-        return runner, {"eval": evaluation, "guider_eval": guider_evaluation, "train": stats}
+        return runner, {"eval": evaluation, "guider_eval": guider_evaluation}
+
+    def learn(runner: RunnerState, hp):
+        runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
+        runner, evaluations = evaluate_checkpoint(runner)
+        return runner, {**evaluations, "train": stats}
 
     def train(key, hp):
         runner = init(key, hp)
         return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
 
-    return Trainer(init=init, update=update, learn=learn, evaluate=evaluate, evaluate_guider=evaluate_guider,
-                   train=train, num_updates_per_eval=num_updates_per_eval, rollout=rollout, loss=loss_fn,
+    return Trainer(init=init, update=update, evaluate_checkpoint=evaluate_checkpoint, learn=learn,
+                   evaluate=evaluate, evaluate_guider=evaluate_guider, train=train,
+                   num_updates_per_eval=num_updates_per_eval, rollout=rollout, loss=loss_fn,
                    guider_train_pass=guider.train_pass, guider_act=guider.act)
 
 
@@ -1063,6 +1093,8 @@ def validate(args: Args) -> EnvSpec:
     if args.num_envs % args.num_minibatches:
         raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
                          f"({args.num_minibatches}): minibatches hold whole environments")
+    if not args.progress_seconds > 0:
+        raise UsageError(f"--progress-seconds must be a positive number of seconds, got {args.progress_seconds}")
     if args.distributed and not jax.distributed.is_initialized():
         try:  # before the first device query below, which starts the backend
             jax.distributed.initialize()
@@ -1130,8 +1162,8 @@ def rollout_bytes(args: Args, env: EnvSpec) -> int:
 
 
 def free_bytes() -> int | None:
-    """Free memory of the first device: an accelerator's own, else the host's (Linux MemAvailable)."""
-    stats = jax.devices()[0].memory_stats() or {}
+    """Free memory of this host's first device: an accelerator's own, else the host's (MemAvailable)."""
+    stats = jax.local_devices()[0].memory_stats() or {}  # another host's device has none to give
     if "bytes_limit" in stats:
         return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     try:
@@ -1141,37 +1173,78 @@ def free_bytes() -> int | None:
         return None
 
 
-def main(args: Args) -> str:
+# The policies a run trains and reports: the prefix of their metrics -> (their name in messages, the
+# RunnerState field of their parameters and their saved files' name, the Trainer's evaluator).
+POLICIES = {"": ("student", "actor", "evaluate"), "guider_": ("teacher", "guider", "evaluate_guider")}
+
+
+def main(args: Args) -> str | dict:
     try:
+        args = resumed_args(args)
         env = validate(args)
+        trainer, hp = make_train(args, env), hparams_from_args(args)
+        saved = load_policy(args, trainer, hp) if args.evaluate else None
     except UsageError as error:
         sys.exit(f"error: {error}")
+    if saved is not None:
+        return evaluate_policy(args, env, trainer, *saved)
     if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
         args = dataclasses.replace(
             args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False, save_model=False
         )
-    try:
-        run_dir = make_run_dir(args)
-    except OSError as error:  # read-only, a file in the way, /proc, ...: before anything compiles
-        sys.exit(f"error: --output-dir {args.output_dir!r} cannot hold a run directory: "
-                 f"{error.strerror or error}")
+    run_dir = args.resume
+    if run_dir is None:
+        try:
+            run_dir = make_run_dir(args)
+        except OSError as error:  # read-only, a file in the way, /proc, ...: before anything compiles
+            sys.exit(f"error: --output-dir {args.output_dir!r} cannot hold a run directory: "
+                     f"{error.strerror or error}")
     print(
         f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
-        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); writing {run_dir}"
+        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); "
+        f"{'resuming' if args.resume else 'writing'} {run_dir}", flush=True
     )
-    trainer = make_train(args, env)
-    hp = hparams_from_args(args)
     keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
     init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
-    learn = jax.jit(jax.vmap(trainer.learn, in_axes=(0, None)), donate_argnums=0)
+    # One update per call, so that progress and Ctrl-C are served between updates; the evaluation of a
+    # checkpoint is a call of its own.
+    update = jax.jit(jax.vmap(trainer.update, in_axes=(0, None)), donate_argnums=0)
+    evaluate_checkpoint = jax.jit(jax.vmap(trainer.evaluate_checkpoint), donate_argnums=0)
     evaluators = {
-        "eval": jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)), static_argnums=2),
-        "guider_eval": jax.jit(jax.vmap(trainer.evaluate_guider, in_axes=(0, 0, None)), static_argnums=2),
+        prefix: jax.jit(jax.vmap(getattr(trainer, evaluator), in_axes=(0, 0, None)), static_argnums=2)
+        for prefix, (_, _, evaluator) in POLICIES.items()
     }
-    steps_per_interval = trainer.num_updates_per_eval * args.num_envs * args.rollout_length
+    steps_per_update = args.num_envs * args.rollout_length
+    steps_per_interval = trainer.num_updates_per_eval * steps_per_update
     if steps_per_interval * args.num_evaluations < args.total_timesteps:
         print(f"note: training {steps_per_interval * args.num_evaluations} steps per seed "
               f"(whole updates per checkpoint), not {args.total_timesteps}")
+
+    def build():
+        runner = init(keys, hp)
+        return runner, update.lower(runner, hp).compile(), evaluate_checkpoint.lower(runner).compile()
+
+    t0 = time.time()
+    runner, update, evaluate_checkpoint = while_compiling(build, args, None if args.resume else run_dir)
+    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    if jax.process_count() > 1:
+        # Hosts compile at different speeds, and gloo gives up on a peer after 30 s at the first collective:
+        # wait for every host at the coordination service's barrier (no collective) first.
+        from jax._src import distributed
+
+        distributed.global_state.client.wait_at_barrier("magpo-jax-compiled", 3_600_000)
+        store = None
+        print("note: --distributed runs write no checkpoints, so they cannot be resumed")
+    else:
+        store = checkpoint_manager(run_dir)
+    checkpoints, absolute, metric = [], {}, headline_metric(env.suite)
+    first, wall_before, warned = 0, 0.0, False
+    if args.resume:
+        runner, saved_state = restore_checkpoint(store, runner)
+        first, wall_before, warned = saved_state["interval"], saved_state["wall_time"], saved_state["warned"]
+        checkpoints = saved_state["checkpoints"]
+        keep_first_lines(os.path.join(run_dir, "metrics.jsonl"), first)
+        print(f"resumed after checkpoint {first} (step {first * steps_per_interval:,})", flush=True)
     wandb_run = None
     if args.track:
         import wandb
@@ -1180,21 +1253,50 @@ def main(args: Args) -> str:
             project=args.wandb_project,
             entity=args.wandb_entity,
             config=dataclasses.asdict(args),
-            name=os.path.basename(run_dir),
+            name=os.path.basename(os.path.normpath(run_dir)),
             dir=run_dir,
         )
 
-    t0 = time.time()
-    runner = init(keys, hp)
-    compiled = learn.lower(runner, hp).compile()
-    print(f"compiled in {time.time() - t0:.1f}s")
-    checkpoints, absolute, metric = [], {}, headline_metric(env.suite)
     metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-    train_start, exit_message, warned = time.time(), None, False
+    train_start, exit_message, stop = time.time(), None, StopRequest()
+    updates_done, last_report, latest = first * trainer.num_updates_per_eval, time.time(), None
+    total_updates = args.num_evaluations * trainer.num_updates_per_eval
+
+    def elapsed():
+        return wall_before + time.time() - train_start
+
+    def report():  # a progress line between checkpoints
+        rate = (updates_done - first * trainer.num_updates_per_eval) / max(time.time() - train_start, 1e-9)
+        ended = latest is not None and np.sum(latest["train_episodes"]) > 0
+        returns = f"{np.mean(latest['train_episode_return']):.3f}" if ended else "-"
+        print(f"      step {updates_done * steps_per_update:>11,} | {rate * steps_per_update:>9,.0f} sps | "
+              f"training return {returns} | ETA {format_duration((total_updates - updates_done) / rate)}",
+              flush=True)
+
     try:
-        for i in range(args.num_evaluations):
-            runner, out = compiled(runner, hp)
-            out = jax.device_get(out)
+        for i in range(first, args.num_evaluations):
+            stats = []
+            for _ in range(trainer.num_updates_per_eval):
+                runner, update_stats = update(runner, hp)
+                # At most this update in flight: Ctrl-C then stops within one update.
+                while stats and not all(x.is_ready() for x in jax.tree.leaves(stats[-1])):
+                    time.sleep(0.02)
+                    if time.time() - last_report >= args.progress_seconds:
+                        report()
+                        last_report = time.time()
+                if stats:
+                    updates_done, latest = updates_done + 1, jax.device_get(stats[-1])
+                stats.append(update_stats)
+                if stop.requested:
+                    break
+            if stop.requested:
+                exit_message = (f"stopped: {i} checkpoint(s) kept in {run_dir}; continue with "
+                                f"python {ALGORITHM}.py --resume {run_dir}")
+                break
+            runner, evaluations = evaluate_checkpoint(runner)
+            out = {**jax.device_get(evaluations),
+                   "train": jax.tree.map(lambda *xs: np.stack(xs, axis=-1), *jax.device_get(stats))}
+            updates_done, last_report = (i + 1) * trainer.num_updates_per_eval, time.time()
             bad = first_non_finite(out["train"])
             if bad is not None:
                 update_number = i * trainer.num_updates_per_eval + bad + 1
@@ -1208,69 +1310,63 @@ def main(args: Args) -> str:
                       f"{LOSS_WARNING:.0e}): the run is likely diverging; a lower learning rate usually "
                       "helps",
                       file=sys.stderr, flush=True)
-            elapsed = time.time() - train_start
             env_steps = (i + 1) * steps_per_interval
-            guider = {f"guider_{k}": v for k, v in summarise(out["guider_eval"]).items()}
-            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed, 3),
-                      "sps": round(env_steps / elapsed, 1), **summarise(out["eval"]), **guider,
-                      **{k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()}}
+            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed(), 3),
+                      "sps": round(env_steps / elapsed(), 1)}
+            for prefix in POLICIES:
+                record.update({f"{prefix}{k}": v for k, v in summarise(out[f"{prefix}eval"]).items()})
+            record.update({k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()})
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
-            checkpoints.append(
-                {"env_steps": env_steps, "eval": out["eval"], "guider_eval": out["guider_eval"]}
-            )
-            mean = np.mean(record[f"{metric}_mean"])
+            checkpoints.append({"env_steps": env_steps, **{f"{p}eval": out[f"{p}eval"] for p in POLICIES}})
+            if store is not None:  # after the metrics line: a resumed run rewrites lines past its checkpoint
+                save_checkpoint(store, i + 1, runner, {"interval": i + 1, "wall_time": elapsed(),
+                                                       "warned": warned, "checkpoints": checkpoints})
+            scores = [f"{name} {metric} {np.mean(record[f'{prefix}{metric}_mean']):8.3f}"
+                      for prefix, (name, _, _) in POLICIES.items()]
             spread = (
                 np.std(record[f"{metric}_mean"]) if args.num_seeds > 1 else np.mean(record[f"{metric}_std"])
             )
-            eta = elapsed / (i + 1) * (args.num_evaluations - i - 1)
-            print(
-                f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
-                f"student {metric} {mean:8.3f} ± {spread:.3f} | "
-                f"teacher {np.mean(record[f'guider_{metric}_mean']):8.3f}"
-                f" | ETA {format_duration(eta)}",
-                flush=True,
-            )
+            eta = (time.time() - train_start) / (i + 1 - first) * (args.num_evaluations - i - 1)
+            print(f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
+                  f"{scores[0]} ± {spread:.3f}{''.join(' | ' + s for s in scores[1:])} | "
+                  f"ETA {format_duration(eta)}", flush=True)
             if wandb_run is not None:
                 wandb_run.log(
                     {k: float(np.mean(v)) for k, v in record.items() if k != "checkpoint"}, step=env_steps
                 )
         else:
             key_abs = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(args.num_seeds))
-            for name, params in (
-                ("eval", runner.best_actor_params),
-                ("guider_eval", runner.best_guider_params),
-            ):
-                absolute[name] = jax.device_get(
-                    evaluators[name](params, key_abs, 10 * args.num_eval_episodes)
+            for prefix, (name, field, _) in POLICIES.items():
+                absolute[prefix] = jax.device_get(
+                    evaluators[prefix](getattr(runner, f"best_{field}_params"), key_abs,
+                                       10 * args.num_eval_episodes)
                 )
-                means = np.asarray(absolute[name][metric]).mean(axis=-1)
-                print(
-                    f"absolute {metric} of the {'student' if name == 'eval' else 'teacher'} "
-                    f"(best parameters, {10 * args.num_eval_episodes} episodes): "
-                    f"{means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)"
-                )
-    except KeyboardInterrupt:
-        exit_message = f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl"
+                means = np.asarray(absolute[prefix][metric]).mean(axis=-1)
+                print(f"absolute {metric} of the {name} (best parameters, {10 * args.num_eval_episodes} "
+                      f"episodes): {means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)")
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        exit_message = (f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl; "
+                        f"continue with python {ALGORITHM}.py --resume {run_dir}")
     finally:
+        stop.release()
         metrics_file.close()
-        # The student under this script's name (the deployable policy); the teacher beside it.
-        summary = marl_eval_summary(env, args, checkpoints, absolute.get("eval"))
-        guider = marl_eval_summary(env, args, checkpoints, absolute.get("guider_eval"), f"{ALGORITHM}_guider",
-                                   "guider_eval")
-        for task, algorithms in guider[env.suite].items():
-            summary[env.suite][task].update(algorithms)
+        # The first policy under this script's name (the deployable one); the guider beside it.
+        summary = {}
+        for prefix in POLICIES:
+            algorithm = f"{ALGORITHM}_{prefix[:-1]}" if prefix else ALGORITHM
+            part = marl_eval_summary(env, args, checkpoints, absolute.get(prefix), algorithm, f"{prefix}eval")
+            for task, algorithms in part[env.suite].items():
+                summary.setdefault(env.suite, {}).setdefault(task, {}).update(algorithms)
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f)
         if args.save_model and checkpoints:
-            for name, params in (
-                ("actor_final", runner.actor_params),
-                ("actor_best", runner.best_actor_params),
-                ("guider_final", runner.guider_params),
-                ("guider_best", runner.best_guider_params),
-            ):
-                with open(os.path.join(run_dir, f"{name}.msgpack"), "wb") as f:
-                    f.write(serialization.to_bytes(jax.device_get(params)))
+            for _, field, _ in POLICIES.values():
+                for which in ("final", "best"):
+                    params = getattr(runner, f"{field}_params" if which == "final" else
+                                     f"best_{field}_params")
+                    with open(os.path.join(run_dir, f"{field}_{which}.msgpack"), "wb") as f:
+                        f.write(serialization.to_bytes(jax.device_get(params)))
         if wandb_run is not None:
             wandb_run.finish()
     if exit_message:
@@ -1752,6 +1848,211 @@ def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
+
+
+# =============================================================================================
+# Long runs: checkpoints, resuming, stopping, saved policies (identical in every script)
+# =============================================================================================
+# Flags that may change when a run is resumed; every other one is the run's own, from its args.json.
+RESUME_FREE = ("resume", "evaluate", "progress_seconds", "track", "output_dir")
+
+
+def resumed_args(args: Args) -> Args:
+    """--resume RUN_DIR: the run's flags from its args.json. A flag left at the script's default takes the
+    run's value; one given with a value of its own must equal the run's."""
+    if args.resume is None:
+        return args
+    if args.evaluate is not None:
+        raise UsageError("--resume and --evaluate exclude each other: resume a run, or evaluate a saved "
+                         "policy")
+    try:
+        with open(os.path.join(args.resume, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        raise UsageError(
+            f"--resume {args.resume!r} is not a run directory (no readable args.json in it)"
+        ) from None
+    if saved.get("algorithm") != ALGORITHM:
+        raise UsageError(f"--resume {args.resume!r} is a run of {saved.get('algorithm')}.py: resume it with "
+                         f"that script, not {ALGORITHM}.py")
+    if latest_checkpoint(args.resume) is None:
+        raise UsageError(f"--resume {args.resume!r} holds no checkpoint (it stopped before its first "
+                         "evaluation): start the run again instead")
+    defaults, names = Args(), [f.name for f in dataclasses.fields(Args) if f.name not in RESUME_FREE]
+    differ = [n for n in names
+              if getattr(args, n) != getattr(defaults, n) and getattr(args, n) != saved.get(n)]
+    if differ:
+        raise UsageError("--resume continues a run with its own flags, but " + "; ".join(
+            f"--{n.replace('_', '-')} is {getattr(args, n)!r} here and {saved.get(n)!r} in the run"
+            for n in differ))
+    return dataclasses.replace(args, **{n: saved[n] for n in names if n in saved})
+
+
+def latest_checkpoint(run_dir: str) -> int | None:
+    """The interval count of the run's last complete checkpoint (orbax names them by it), if any."""
+    try:
+        steps = [int(d) for d in os.listdir(os.path.join(run_dir, "checkpoint")) if d.isdigit()]
+    except OSError:
+        return None
+    return max(steps, default=None)
+
+
+def checkpoint_manager(run_dir: str):
+    """orbax writes each checkpoint into a temporary folder and renames it when complete, so a write cut short
+    is never read back; only the latest is kept (the best parameters are part of it)."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, "checkpoint")), options=options)
+
+
+def save_checkpoint(manager, interval: int, runner, progress: dict):
+    """The whole training state (parameters, optimiser, environment and recurrent states, keys, the best
+    so far) and, as JSON, the interval counter and every checkpoint's evaluation for summary.json."""
+    import orbax.checkpoint as ocp
+
+    progress = {**progress, "checkpoints": [
+        {k: v if k == "env_steps" else {m: np.asarray(x).tolist() for m, x in v.items()}
+         for k, v in c.items()} for c in progress["checkpoints"]]}
+    manager.save(interval, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(runner)),
+                                                   progress=ocp.args.JsonSave(progress)))
+
+
+def restore_checkpoint(manager, like):
+    """The latest checkpoint, placed on the devices the way `like` (a fresh runner) is."""
+    import orbax.checkpoint as ocp
+
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.device_get(like)), progress=ocp.args.JsonRestore()))
+    runner = jax.tree.map(lambda x, y: jax.device_put(x, y.sharding), restored.state, like)
+    progress = restored.progress
+    progress["checkpoints"] = [
+        {k: v if k == "env_steps" else {m: np.asarray(x, np.float32) for m, x in v.items()}
+         for k, v in c.items()} for c in progress["checkpoints"]]
+    return runner, progress
+
+
+def keep_first_lines(path: str, count: int):
+    """metrics.jsonl as it was at the checkpoint: lines written after it (the run was killed before the next
+    checkpoint was saved) are written again by the resumed run."""
+    with open(path) as f:
+        lines = [line for line in f.readlines() if line.endswith("\n")][:count]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+class StopRequest:
+    """Ctrl-C during training: the first finishes the update under way and stops (the run stays resumable
+    from its last checkpoint); a second stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this update (Ctrl-C again to stop at once)", flush=True)
+
+    def release(self):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def while_compiling(build: Callable, args: Args, fresh_run_dir: str | None):
+    """build() (initialisation and compilation) in a thread, with a line every --progress-seconds. Ctrl-C
+    meanwhile ends the program at once with one line (XLA cannot be interrupted mid-compilation)."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = build()
+        except BaseException as error:  # handed to the main thread
+            result["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    start, last = time.time(), time.time()
+    try:
+        print("compiling: tracing and compiling the update takes a while on a CPU ...", flush=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+            if time.time() - last >= max(args.progress_seconds, 1.0) * 3:
+                print(f"  still compiling ({format_duration(time.time() - start)})", flush=True)
+                last = time.time()
+    except KeyboardInterrupt:
+        if fresh_run_dir is not None:
+            shutil.rmtree(fresh_run_dir, ignore_errors=True)
+        print("\ninterrupted while compiling: nothing was trained", file=sys.stderr, flush=True)
+        os._exit(130)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def load_policy(args: Args, trainer: Trainer, hp: dict):
+    """--evaluate FILE: the saved parameters ([seeds, ...] arrays) and which of POLICIES they fit."""
+    try:
+        with open(args.evaluate, "rb") as f:
+            saved = serialization.msgpack_restore(f.read())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--evaluate {args.evaluate!r} cannot be read as flax msgpack parameters "
+                         f"({getattr(error, 'strerror', None) or error})") from None
+    shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), hp)
+    flat = ({k: np.shape(v) for k, v in traverse_util.flatten_dict(saved, sep="/").items()}
+            if isinstance(saved, dict) else {})
+    expected = {prefix: {k: v.shape for k, v in traverse_util.flatten_dict(getattr(shapes, f"{field}_params"),
+                                                                          sep="/").items()}
+                for prefix, (_, field, _) in POLICIES.items()}
+    for prefix, shapes_here in expected.items():
+        if flat.keys() == shapes_here.keys() and all(flat[k][1:] == shapes_here[k] for k in flat):
+            return prefix, jax.tree.map(jnp.asarray, saved)
+    names = " or ".join(name for name, _, _ in POLICIES.values())
+    raise UsageError(f"--evaluate {args.evaluate!r} does not fit the {names} network these flags build: "
+                     f"{likely_cause(args, flat, expected[''])}")
+
+
+def likely_cause(args: Args, flat: dict, expected: dict) -> str:
+    """The flags that differ from the run that saved the file (its args.json beside it), else the first
+    parameter whose shape differs."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(args.evaluate)), "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = {}
+    if saved.get("algorithm", ALGORITHM) != ALGORITHM:
+        return f"it was saved by {saved['algorithm']}.py; evaluate it with that script"
+    names = [f.name for f in dataclasses.fields(Args) if f.name not in RESUME_FREE and f.name in saved]
+    differ = [f"--{n.replace('_', '-')} (the run used {saved[n]!r}, here {getattr(args, n)!r})"
+              for n in names if saved[n] != getattr(args, n)
+              and n not in ("seed", "num_seeds", "num_eval_episodes")]
+    if differ:
+        return "likely " + ", ".join(differ)
+    missing = sorted(expected.keys() - flat.keys()) or sorted(flat.keys() - expected.keys())
+    if missing:
+        return f"{missing[0]} is in one and not the other; check --env-id and the network's size flags"
+    name = next(k for k in expected if flat[k][1:] != expected[k])
+    return (f"{name} is {flat[name][1:]} per seed in the file and {expected[name]} here; check --env-id "
+            "and the network's size flags")
+
+
+def evaluate_policy(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, params) -> dict:
+    """Evaluates every seed of a saved policy with the keys of the training run's absolute metric: a file of
+    best parameters reproduces it with --num-eval-episodes at 10x the run's."""
+    name, _, evaluator = POLICIES[prefix]
+    num_seeds = jax.tree.leaves(params)[0].shape[0]
+    keys = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(num_seeds))
+    evaluate = jax.jit(jax.vmap(getattr(trainer, evaluator), in_axes=(0, 0, None)), static_argnums=2)
+    evaluation = jax.device_get(evaluate(params, keys, args.num_eval_episodes))
+    print(f"{ALGORITHM} {name} from {args.evaluate} on {args.env_id}: {num_seeds} seed(s) x "
+          f"{args.num_eval_episodes} episodes")
+    for metric, values in summarise(evaluation).items():
+        if metric.endswith("_mean"):
+            print(f"  {metric[:-5]:<16} {np.mean(values):10.4f} ± {np.std(values):.4f} "
+                  f"(per seed: {', '.join(f'{v:.4f}' for v in values)})")
+    return evaluation
+# End of the long-run helpers.
 
 if __name__ == "__main__":
     main(tyro.cli(Args))

@@ -23,6 +23,7 @@ def script(request):
     ({"gamma": 1.5}, "--gamma must be in [0, 1]"),
     ({"clip_eps": 0.0}, "--clip-eps must be a positive number"),
     ({"ent_coef": -0.1}, "--ent-coef must be >= 0"),
+    ({"progress_seconds": 0.0}, "--progress-seconds must be a positive number of seconds"),
     ({"total_timesteps": 1000, "num_evaluations": 10}, "--total-timesteps (1000) is too small for --num-evaluations (10)"),
 ])
 def test_bad_flag_values_name_the_flag(script, overrides, message):

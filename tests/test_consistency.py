@@ -28,8 +28,12 @@ def section(name, begin, end):
     return text[text.index(begin):text.index(end)]
 
 
-@pytest.mark.parametrize("begin, end", [(BEGIN, END), (LEARNER_BEGIN, LEARNER_END)],
-                         ids=["environment adapter", "learner network and distributions"])
+LONG_BEGIN = "# Long runs: checkpoints, resuming, stopping, saved policies (identical in every script)"
+LONG_END = "# End of the long-run helpers."
+
+
+@pytest.mark.parametrize("begin, end", [(BEGIN, END), (LEARNER_BEGIN, LEARNER_END), (LONG_BEGIN, LONG_END)],
+                         ids=["environment adapter", "learner network and distributions", "long-run helpers"])
 def test_every_script_carries_the_same_text(begin, end):
     reference = section("ippo", begin, end)
     for name in SCRIPTS:
@@ -137,7 +141,7 @@ def test_run_directory_memory_check_and_loss_guards_are_the_same_code():
     import inspect
 
     names = ("make_run_dir", "first_non_finite", "exploded_loss", "rollout_bytes", "free_bytes", "summarise",
-             "format_duration")
+             "format_duration", "marl_eval_summary", "main")
     reference = importlib.import_module("ippo")
     for name in SCRIPTS:
         module = importlib.import_module(name)

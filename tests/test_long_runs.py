@@ -1,0 +1,156 @@
+"""Long runs (README, "Long runs"): a run killed after a checkpoint and resumed writes what the run that
+was never stopped writes; Ctrl-C stops within an update and leaves a resumable run; a saved policy
+evaluates to the run's absolute metric; bad --resume / --evaluate input gets one line before compiling."""
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+TINY = ["--env-id", "coordsum-3x10", "--num-envs", "4", "--rollout-length", "8", "--num-eval-episodes", "3",
+        "--num-minibatches", "2", "--ppo-epochs", "1", "--layer-size", "16", "--gru-size", "16", "--num-seeds", "2"]
+TINY_NETWORKS = ["--embed-dim", "16", "--n-block", "1", "--n-head", "1"]
+WALL = ("wall_time", "sps")  # the only fields allowed to differ between a resumed run and an unbroken one
+
+
+def flags(script, checkpoints, updates_per_checkpoint=2):
+    extra = TINY_NETWORKS if script != "ippo" else []
+    return [*TINY, *extra, "--num-evaluations", str(checkpoints),
+            "--total-timesteps", str(checkpoints * updates_per_checkpoint * 32)]
+
+
+def start(script, args, out_dir):
+    return subprocess.Popen([sys.executable, f"{script}.py", *args, "--output-dir", str(out_dir)], cwd=ROOT,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(process, marker, timeout=600):
+    """The output up to and including the first line that starts with marker."""
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.startswith(marker):
+            return "".join(seen)
+    raise AssertionError(f"no line starting with {marker!r} in:\n{''.join(seen)[-3000:]}")
+
+
+def only_run(out_dir):
+    [name] = os.listdir(out_dir)
+    return os.path.join(out_dir, name)
+
+
+def outputs(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [{k: v for k, v in json.loads(line).items() if k not in WALL} for line in f]
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        return records, json.load(f)
+
+
+@pytest.mark.parametrize("script", ["ippo", pytest.param("magpo_sable", marks=pytest.mark.slow)])
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, tmp_path):
+    unbroken = start(script, flags(script, 4), tmp_path / "unbroken")
+    killed = start(script, flags(script, 4), tmp_path / "killed")
+    read_until(killed, "[  2/4]")  # the line comes after the checkpoint is written
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert unbroken.wait(timeout=600) == 0, unbroken.stdout.read()[-3000:]
+    run_dir = only_run(tmp_path / "killed")
+    resumed = subprocess.run([sys.executable, f"{script}.py", "--resume", run_dir], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resumed after checkpoint 2" in resumed.stdout
+    (records, summary), (expected_records, expected_summary) = outputs(run_dir), outputs(only_run(tmp_path / "unbroken"))
+    assert [r["checkpoint"] for r in records] == [1, 2, 3, 4]
+    assert records == expected_records  # exactly: the resumed run computes what the unbroken one did
+    assert summary == expected_summary
+
+
+def test_ctrl_c_stops_within_an_update_and_leaves_a_resumable_run(tmp_path):
+    run = start("ippo", flags("ippo", 2, updates_per_checkpoint=400), tmp_path)
+    read_until(run, "[  1/2]")
+    run.send_signal(signal.SIGINT)
+    sent = time.time()
+    rest, _ = run.communicate(timeout=120)
+    assert time.time() - sent < 30  # an update here takes milliseconds; the interval, seconds
+    assert run.returncode == 1 and "stopping after this update" in rest
+    assert "stopped: 1 checkpoint(s) kept in" in rest and "--resume" in rest
+    run_dir = only_run(tmp_path)
+    records, summary = outputs(run_dir)
+    assert [r["checkpoint"] for r in records] == [1]
+    assert os.listdir(os.path.join(run_dir, "checkpoint")) == ["1"]
+    assert len(summary["coordsum"]["3x10"]["ippo"]["seed_0"]) == 1  # step_0 only
+
+
+def test_ctrl_c_while_compiling_exits_with_one_line_and_no_run_directory(tmp_path):
+    run = start("ippo", flags("ippo", 2), tmp_path)
+    read_until(run, "compiling")
+    run.send_signal(signal.SIGINT)
+    rest, _ = run.communicate(timeout=60)
+    assert run.returncode == 130
+    assert rest.strip() == "interrupted while compiling: nothing was trained"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("script", ["ippo", "magpo_sable"])
+def test_a_saved_policy_reproduces_the_runs_absolute_metric(script, tmp_path):
+    module = importlib.import_module(script)
+    network = dict(embed_dim=16, n_block=1, n_head=1) if script != "ippo" else {}
+    args = module.Args(env_id="coordsum-3x10", num_envs=4, rollout_length=8, total_timesteps=2 * 32, num_evaluations=2,
+                       num_eval_episodes=3, num_minibatches=2, ppo_epochs=1, layer_size=16, gru_size=16, num_seeds=2,
+                       save_model=True, seed=5, output_dir=str(tmp_path), **network)
+    run_dir = module.main(args)
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))["coordsum"]["3x10"]
+    for field, algorithm in (("actor", script), ("guider", f"{script}_guider")):
+        if algorithm not in summary:
+            continue
+        again = module.main(module.Args(**{**vars(args), "evaluate": os.path.join(run_dir, f"{field}_best.msgpack"),
+                                           "num_eval_episodes": 30, "save_model": False}))
+        for s, seed in enumerate(("seed_5", "seed_6")):
+            for metric, values in summary[algorithm][seed]["absolute_metrics"].items():
+                np.testing.assert_array_equal(np.asarray(again[metric][s], np.float32), np.float32(values), metric)
+
+
+def test_a_saved_policy_from_another_network_is_refused_with_the_flag_that_differs(tmp_path, capsys):
+    import ippo
+
+    args = ippo.Args(env_id="coordsum-3x10", num_envs=4, rollout_length=8, total_timesteps=32, num_evaluations=1,
+                     num_eval_episodes=2, num_minibatches=2, ppo_epochs=1, layer_size=16, gru_size=16,
+                     save_model=True, output_dir=str(tmp_path))
+    run_dir = ippo.main(args)
+    with pytest.raises(SystemExit) as stop:
+        ippo.main(ippo.Args(env_id="coordsum-3x10", layer_size=32, gru_size=16,
+                            evaluate=os.path.join(run_dir, "actor_best.msgpack")))
+    message = str(stop.value)
+    assert message.startswith("error: --evaluate") and "--layer-size (the run used 16, here 32)" in message
+    assert "\n" not in message
+
+
+def test_bad_resume_input_gets_one_line_before_anything_compiles(tmp_path):
+    import ippo
+    import mappo
+
+    def refused(module, expected, **overrides):
+        with pytest.raises(SystemExit) as stop:
+            module.main(module.Args(**overrides))
+        assert str(stop.value).startswith("error: --") and expected in str(stop.value), (overrides, stop.value)
+
+    run_dir = tmp_path / "run"
+    refused(ippo, "is not a run directory (no readable args.json in it)", resume=str(run_dir))
+    run_dir.mkdir()
+    (run_dir / "args.json").write_text(json.dumps({**vars(ippo.Args()), "algorithm": "ippo", "layer_size": 16}))
+    refused(mappo, "is a run of ippo.py: resume it with that script, not mappo.py", resume=str(run_dir))
+    refused(ippo, "holds no checkpoint (it stopped before its first evaluation)", resume=str(run_dir))
+    (run_dir / "checkpoint" / "3").mkdir(parents=True)
+    refused(ippo, "--layer-size is 32 here and 16 in the run", resume=str(run_dir), layer_size=32)
+    refused(ippo, "--resume and --evaluate exclude each other", resume=str(run_dir), evaluate="x.msgpack")
