@@ -623,7 +623,9 @@ def validate(args: Args) -> EnvSpec:
         raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
                          f"({args.num_minibatches}): minibatches hold whole environments")
     if not args.progress_seconds > 0:
-        raise UsageError(f"--progress-seconds must be a positive number of seconds, got {args.progress_seconds}")
+        raise UsageError(
+            f"--progress-seconds must be a positive number of seconds, got {args.progress_seconds}"
+        )
     if args.distributed and not jax.distributed.is_initialized():
         try:  # before the first device query below, which starts the backend
             jax.distributed.initialize()
