@@ -1507,6 +1507,8 @@ def while_compiling(build: Callable, args: Args, fresh_run_dir: str | None):
 
     thread = threading.Thread(target=run, daemon=True)
     start, last = time.time(), time.time()
+    # Python's own Ctrl-C handler even where the parent ignored SIGINT (as pytest-xdist's workers do)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print("compiling: tracing and compiling the update takes a while on a CPU ...", flush=True)
         thread.start()
@@ -1520,6 +1522,8 @@ def while_compiling(build: Callable, args: Args, fresh_run_dir: str | None):
             shutil.rmtree(fresh_run_dir, ignore_errors=True)
         print("\ninterrupted while compiling: nothing was trained", file=sys.stderr, flush=True)
         os._exit(130)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if "error" in result:
         raise result["error"]
     return result["value"]
