@@ -66,6 +66,10 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, tmp
     killed.wait()
     assert unbroken.wait(timeout=600) == 0, unbroken.stdout.read()[-3000:]
     run_dir = only_run(tmp_path / "killed")
+    # A kill can also land after the next metrics line was written but before its checkpoint: stand that in,
+    # with half a line after it.
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"checkpoint": 3, "episode_return_mean": [0.0, 0.0]}) + '\n{"checkpoint": 4, "epi')
     resumed = subprocess.run([sys.executable, f"{script}.py", "--resume", run_dir], cwd=ROOT, capture_output=True,
                              text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
