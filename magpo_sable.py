@@ -1879,7 +1879,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-
 # =============================================================================================
 # Long runs: checkpoints, resuming, stopping, saved policies (identical in every script)
 # =============================================================================================
