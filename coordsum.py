@@ -107,6 +107,41 @@ def parse_task(task: str) -> tuple[int, int, int]:
     return num_agents, num_actions, TASK_MAXVAL.get(task, num_actions)
 
 
+def animate(env: CoordSum, states: list, actions, rewards, path: str, interval: int = 400) -> None:
+    """A GIF of one recorded episode (`states`: the state before each step): per step the target, each
+    agent's pick stacked into their sum, the opponent's guess of agent 0's pick, and the team reward."""
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    steps = len(states)
+    actions, rewards = np.asarray(actions)[:steps], np.asarray(rewards)[:steps]
+    returns = np.cumsum(rewards)
+    colours = plt.get_cmap("tab10").colors
+    right = max(env.maxval - 1, env.num_agents * (env.num_actions - 1)) + 1
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+
+    def draw(t):
+        ax.clear()
+        target = int(states[t].target)
+        guess = int(np.argmax(np.asarray(states[t].counts)[min(target, env.num_rows - 1)]))
+        left = 0
+        for i, pick in enumerate(actions[t]):
+            ax.barh(0, int(pick), left=left, height=0.5, color=colours[i % 10], edgecolor="white",
+                    label=f"agent {i}")
+            left += int(pick)
+        ax.axvline(target, color="black", lw=2, label="target")
+        ax.plot([guess], [0.38], "v", color="red", ms=10, label="opponent's guess of agent 0")
+        ax.set_xlim(0, right)
+        ax.set_ylim(-0.6, 0.8)
+        ax.set_yticks([])
+        ax.legend(loc="upper right", fontsize=7, ncol=3)
+        ax.set_title(f"step {t + 1}: target {target}, picks {' + '.join(str(int(a)) for a in actions[t])} = "
+                     f"{left}, reward {rewards[t]:g} (return {returns[t]:g})", fontsize=9)
+
+    FuncAnimation(fig, draw, frames=steps, interval=interval).save(path, writer="pillow")
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------
 # The paper's Section 3 example: three agents pick 0..4 and must sum to 10; each acts once.
 # ---------------------------------------------------------------------------------------------

@@ -97,6 +97,9 @@ class Args:
     for --num-eval-episodes episodes per seed instead of training"""
     progress_seconds: float = 10.0
     """seconds between progress lines during training"""
+    capture_video: bool = False
+    """at the end of training, a GIF of one evaluation episode of the first seed's best policy in the run
+    directory (logged to wandb with --track); with --evaluate FILE, of the file's first seed, beside it"""
 
     ppo_epochs: int = 4
     """passes over the rollout per update"""
@@ -352,7 +355,7 @@ class Trainer(NamedTuple):
     update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its PPO epochs
     evaluate_checkpoint: Callable  # evaluate_checkpoint(runner) -> (runner, evaluations), best kept
     learn: Callable  # learn(runner, hp) -> (runner, metrics): an interval of updates, then the above
-    evaluate: Callable  # evaluate(actor_params, key, num_episodes) -> per-episode metrics
+    evaluate: Callable  # evaluate(actor_params, key, num_episodes, record=False) -> per-episode metrics
     train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
     num_updates_per_eval: int
     loss: Callable  # loss(actor_params, critic_params, batch, hp) -> (total, stats), exposed for tests
@@ -552,12 +555,12 @@ def keep_best(score, best_score, params, best_params):
 
 
 def make_evaluator(args, env, actor):
-    """-> evaluate(actor_params, key, num_episodes): metrics of `num_episodes` episodes of the
+    """-> evaluate(actor_params, key, num_episodes, record=False): metrics of `num_episodes` episodes of the
     decentralised actor, one per environment, run for the time limit; only each environment's first
-    episode counts."""
+    episode counts. With `record`, also the first environment's steps, for env.animate."""
     num_agents, continuous = env.num_agents, env.continuous
 
-    def evaluate(actor_params, key, num_episodes):
+    def evaluate(actor_params, key, num_episodes, record=False):
         key_reset, key_run = jax.random.split(key)
         env_state, ts = jax.vmap(env.reset)(jax.random.split(key_reset, num_episodes))
         zero_f = jnp.zeros((num_episodes,), jnp.float32)
@@ -583,12 +586,15 @@ def make_evaluator(args, env, actor):
             ret = jnp.where(first_end, ts.episode_return, ret)
             length = jnp.where(first_end, ts.episode_length, length)
             won = jnp.where(first_end, ts.won, won)
-            return (env_state, ts, ts.done, h, finished | ts.done, ret, length, won), None
+            step = {"inner": jax.tree.map(lambda x: x[0], carry[0].inner), "action": env_action[0],
+                    "reward": ts.reward[0], "done": ts.done[0]} if record else None
+            return (env_state, ts, ts.done, h, finished | ts.done, ret, length, won), step
 
-        carry, _ = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
+        carry, episode = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
         _, _, _, _, _, ret, length, won = carry
         metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
-        return {name: metrics[name] for name in eval_metric_names(env.suite)}
+        metrics = {name: metrics[name] for name in eval_metric_names(env.suite)}
+        return (metrics, episode) if record else metrics
 
     return evaluate
 
@@ -737,10 +743,8 @@ def main(args: Args) -> str | dict:
     )
     keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
     init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
-    # One update per call, so that progress and Ctrl-C are served between updates; the evaluation of a
-    # checkpoint is a call of its own.
-    update = jax.jit(jax.vmap(trainer.update, in_axes=(0, None)), donate_argnums=0)
-    evaluate_checkpoint = jax.jit(jax.vmap(trainer.evaluate_checkpoint), donate_argnums=0)
+    # One update per call, so that progress and Ctrl-C are served between updates.
+    step = jax.jit(jax.vmap(update_then_checkpoint(trainer), in_axes=(0, None, None)), donate_argnums=0)
     evaluators = {
         prefix: jax.jit(jax.vmap(getattr(trainer, evaluator), in_axes=(0, 0, None)), static_argnums=2)
         for prefix, (_, _, evaluator) in POLICIES.items()
@@ -753,10 +757,10 @@ def main(args: Args) -> str | dict:
 
     def build():
         runner = init(keys, hp)
-        return runner, update.lower(runner, hp).compile(), evaluate_checkpoint.lower(runner).compile()
+        return runner, step.lower(runner, hp, True).compile()
 
     t0 = time.time()
-    runner, update, evaluate_checkpoint = while_compiling(build, args, None if args.resume else run_dir)
+    runner, step = while_compiling(build, args, None if args.resume else run_dir)
     print(f"compiled in {time.time() - t0:.1f}s", flush=True)
     if jax.process_count() > 1:
         # Hosts compile at different speeds, and gloo gives up on a peer after 30 s at the first collective:
@@ -807,8 +811,8 @@ def main(args: Args) -> str | dict:
     try:
         for i in range(first, args.num_evaluations):
             stats = []
-            for _ in range(trainer.num_updates_per_eval):
-                runner, update_stats = update(runner, hp)
+            for u in range(trainer.num_updates_per_eval):
+                runner, update_stats, evaluations = step(runner, hp, u == trainer.num_updates_per_eval - 1)
                 # At most this update in flight: Ctrl-C then stops within one update.
                 while stats and not all(x.is_ready() for x in jax.tree.leaves(stats[-1])):
                     time.sleep(0.02)
@@ -824,7 +828,6 @@ def main(args: Args) -> str | dict:
                 exit_message = (f"stopped: {i} checkpoint(s) kept in {run_dir}; continue with "
                                 f"python {ALGORITHM}.py --resume {run_dir}")
                 break
-            runner, evaluations = evaluate_checkpoint(runner)
             out = {**jax.device_get(evaluations),
                    "train": jax.tree.map(lambda *xs: np.stack(xs, axis=-1), *jax.device_get(stats))}
             updates_done, last_report = (i + 1) * trainer.num_updates_per_eval, time.time()
@@ -876,6 +879,12 @@ def main(args: Args) -> str | dict:
                 means = np.asarray(absolute[prefix][metric]).mean(axis=-1)
                 print(f"absolute {metric} of the {name} (best parameters, {10 * args.num_eval_episodes} "
                       f"episodes): {means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)")
+            if args.capture_video:
+                field = POLICIES[""][1]
+                video = write_video(args, env, trainer, "", getattr(runner, f"best_{field}_params"),
+                                    os.path.join(run_dir, f"{field}_best.gif"))
+                if wandb_run is not None and video is not None:
+                    wandb_run.log({"video": wandb.Video(video, format="gif")})
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         exit_message = (f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl; "
                         f"continue with python {ALGORITHM}.py --resume {run_dir}")
@@ -942,6 +951,9 @@ class EnvSpec(NamedTuple):
     # step_many(keys [E], env_states, actions [E, ...]) -> jax.vmap(step)'s result, but the next
     # episodes' first timesteps are built only on steps where some episode ended
     step_many: Callable
+    # animate(episode, path) writes a GIF of a recorded episode, on the host, outside anything jitted;
+    # `episode` holds per step the inner state before it, the actions, the team reward and the done flag
+    animate: Callable
 
 
 class EnvState(NamedTuple):
@@ -1006,7 +1018,7 @@ def _with_agent_id(view):
     return jnp.concatenate([jnp.eye(n, dtype=jnp.float32), view.astype(jnp.float32)], axis=-1)
 
 
-def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_reset, core_step,
+def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_reset, core_step, animate,
            staggered_ends=False):
     """Wrap a suite's core functions into EnvSpec.reset/step/step_many with auto-reset and metrics.
 
@@ -1083,8 +1095,24 @@ def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_
     return EnvSpec(
         env_id=env_id, suite=suite, num_agents=num_agents, obs_dim=int(ts.obs.shape[-1]),
         state_dim=int(ts.state.shape[-1]), num_actions=num_actions, continuous=continuous,
-        time_limit=time_limit, reset=reset, step=step, step_many=step_many,
+        time_limit=time_limit, reset=reset, step=step, step_many=step_many, animate=animate,
     )
+
+
+def _episode_states(episode) -> list:
+    """The inner states of a recorded episode up to its last step (the state after that step is already
+    the next episode's first: the adapter resets inside step)."""
+    done = np.asarray(episode["done"])
+    length = int(np.argmax(done)) + 1 if done.any() else len(done)
+    return [jax.tree.map(lambda x: x[t], episode["inner"]) for t in range(length)]
+
+
+def _gif_output():
+    """matplotlib without a display, writing GIFs with Pillow (no ffmpeg needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["animation.writer"] = "pillow"
 
 
 def _jumanji_core(env, make_view, team_reward, terminated_fn, won_fn):
@@ -1103,7 +1131,14 @@ def _jumanji_core(env, make_view, team_reward, terminated_fn, won_fn):
         return (nxt, view, ts.observation.action_mask, view.reshape(-1),
                 team_reward(ts.reward), done, terminated_fn(nxt, ts), won_fn(nxt))
 
-    return core_reset, core_step
+    def animate(episode, path):
+        import matplotlib.pyplot as plt
+
+        _gif_output()
+        env.animate(_episode_states(episode), interval=150, save_path=path)
+        plt.close("all")
+
+    return core_reset, core_step, animate
 
 
 def _connector_views(inner, grid_size, num_agents):
@@ -1191,7 +1226,8 @@ def _make_connector(env_id, task):
     return _build(env_id, "connector", n, 5, False, limit, *core, staggered_ends=True)
 
 
-def _jaxmarl_core(env, agents, make_state, make_mask, team_reward, terminated_fn, won_fn, actions_fn):
+def _jaxmarl_core(env, agents, make_state, make_mask, team_reward, terminated_fn, won_fn, actions_fn,
+                  animate):
     """Core functions for a jaxmarl env, stepping with `step_env` (no reset inside) so that the
     ended episode's state stays visible; the adapter resets once per step instead of jaxmarl's
     reset plus Mava's second one."""
@@ -1211,7 +1247,7 @@ def _jaxmarl_core(env, agents, make_state, make_mask, team_reward, terminated_fn
         return (nxt, views, make_mask(nxt), make_state(obs, views), team_reward(rewards),
                 dones["__all__"], terminated_fn(nxt), won_fn(rewards))
 
-    return core_reset, core_step
+    return core_reset, core_step, animate
 
 
 def _make_mpe(env_id, task):
@@ -1222,6 +1258,18 @@ def _make_mpe(env_id, task):
                        action_type="Continuous", max_steps=25)
     agents = list(env.agents)
     act_dim = int(env.action_space(agents[0]).shape[0])  # 5: [no-op, -x, +x, -y, +y]
+
+    def animate(episode, path):
+        import contextlib
+        import io
+
+        import matplotlib.pyplot as plt
+        from jaxmarl.environments.mpe import MPEVisualizer
+
+        _gif_output()
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints whether the agents communicate
+            MPEVisualizer(env, _episode_states(episode)).animate(save_fname=path, view=False)
+        plt.close("all")
 
     def actions_fn(actions):
         # Mava hands its tanh-squashed actions in [-1, 1] to the env unchanged (no rescaling to
@@ -1235,7 +1283,7 @@ def _make_mpe(env_id, task):
         make_mask=lambda s: jnp.ones((n, act_dim), bool),
         team_reward=jnp.mean,  # Mava's episode return: mean of the per-agent rewards
         terminated_fn=lambda s: jnp.zeros((), bool),  # MPE episodes only end at the limit
-        won_fn=lambda r: jnp.zeros((), bool), actions_fn=actions_fn)
+        won_fn=lambda r: jnp.zeros((), bool), actions_fn=actions_fn, animate=animate)
     # jaxmarl ends an MPE episode when the pre-step counter reaches max_steps: 26 transitions.
     return _build(env_id, "mpe", n, act_dim, True, 26, *core)
 
@@ -1250,6 +1298,36 @@ def _make_smax(env_id, task):
     n = len(agents)
     num_actions = int(env.action_space(agents[0]).n)
 
+    def animate(episode, path):
+        # Drawn here rather than by jaxmarl's SMAXVisualizer, which compiles conds for every frame it draws
+        # (over ten minutes for one 2s3z episode on a CPU): one frame per step, allies blue, enemies red,
+        # each unit at its size, paler as it loses health.
+        import matplotlib.pyplot as plt
+        from matplotlib.animation import FuncAnimation
+        from matplotlib.patches import Circle
+
+        _gif_output()
+        states = [jax.tree.map(np.asarray, s.state) for s in _episode_states(episode)]
+        radius, health = np.asarray(env.unit_type_radiuses), np.asarray(env.unit_type_health)
+        fig, ax = plt.subplots(figsize=(5, 5))
+
+        def draw(t):
+            s = states[t]
+            ax.clear()
+            for pos, alive, team, hp, kind in zip(s.unit_positions, s.unit_alive, s.unit_teams, s.unit_health,
+                                                  s.unit_types):
+                if alive:
+                    ax.add_patch(Circle(pos, radius[kind], color="tab:blue" if team == 0 else "tab:red",
+                                        alpha=0.25 + 0.75 * float(hp) / health[kind]))
+            ax.set_xlim(0, env.map_width)
+            ax.set_ylim(0, env.map_height)
+            ax.set_aspect("equal")
+            ax.set_title(f"{task}, step {t + 1}: {int(s.unit_alive[:n].sum())} allies (blue), "
+                         f"{int(s.unit_alive[n:].sum())} enemies alive", fontsize=9)
+
+        FuncAnimation(fig, draw, frames=len(states), interval=150).save(path)
+        plt.close(fig)
+
     def terminated(s):
         alive = s.state.unit_alive
         return ~jnp.any(alive[:n]) | ~jnp.any(alive[n:])  # one side wiped out
@@ -1261,7 +1339,7 @@ def _make_smax(env_id, task):
         team_reward=jnp.mean,  # all allies get the same reward
         terminated_fn=terminated,
         won_fn=lambda r: jnp.all(r >= 1.0),  # Mava: episode end with the win bonus
-        actions_fn=lambda a: {name: a[i] for i, name in enumerate(agents)})
+        actions_fn=lambda a: {name: a[i] for i, name in enumerate(agents)}, animate=animate)
     # jaxmarl SMAX tests its time limit on the pre-step counter: at most max_steps + 1 steps.
     return _build(env_id, "smax", n, num_actions, False, int(env.max_steps) + 1, *core, staggered_ends=True)
 
@@ -1288,7 +1366,11 @@ def _make_coordsum(env_id, task):
         return (inner, obs, mask, obs.reshape(-1), reward, done, jnp.zeros((), bool),
                 jnp.zeros((), bool))
 
-    return _build(env_id, "coordsum", n, num_actions, False, 100, core_reset, core_step)
+    def animate(episode, path):
+        _gif_output()
+        coordsum.animate(env, _episode_states(episode), episode["action"], episode["reward"], path)
+
+    return _build(env_id, "coordsum", n, num_actions, False, 100, core_reset, core_step, animate)
 
 
 def _is_coordsum_size(env_id: str) -> bool:
@@ -1384,7 +1466,25 @@ def format_duration(seconds: float) -> str:
 # Long runs: checkpoints, resuming, stopping, saved policies (identical in every script)
 # =============================================================================================
 # Flags that may change when a run is resumed; every other one is the run's own, from its args.json.
-RESUME_FREE = ("resume", "evaluate", "progress_seconds", "track", "output_dir")
+RESUME_FREE = ("resume", "evaluate", "progress_seconds", "track", "output_dir", "capture_video")
+
+
+def update_then_checkpoint(trainer: Trainer) -> Callable:
+    """(runner, hp, checkpoint) -> (runner, stats, evaluations): one update, then, where `checkpoint` holds,
+    the checkpoint's evaluation (a cond: zeros, and nothing run, elsewhere). One compiled program for both
+    runs the update itself faster than a program of the update alone (README, "Long runs")."""
+
+    def step(runner, hp, checkpoint):
+        runner, stats = trainer.update(runner, hp)
+        shapes = jax.eval_shape(trainer.evaluate_checkpoint, runner)[1]
+
+        def skip(runner):
+            return runner, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+        runner, evaluations = jax.lax.cond(checkpoint, trainer.evaluate_checkpoint, skip, runner)
+        return runner, stats, evaluations
+
+    return step
 
 
 def resumed_args(args: Args) -> Args:
@@ -1585,7 +1685,28 @@ def evaluate_policy(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, par
         if metric.endswith("_mean"):
             print(f"  {metric[:-5]:<16} {np.mean(values):10.4f} ± {np.std(values):.4f} "
                   f"(per seed: {', '.join(f'{v:.4f}' for v in values)})")
+    if args.capture_video:
+        write_video(args, env, trainer, prefix, params, os.path.splitext(args.evaluate)[0] + ".gif")
     return evaluation
+
+
+def write_video(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, params, path: str) -> str | None:
+    """--capture-video: one evaluation episode of the first seed's policy (the absolute metric's key),
+    recorded by the jitted evaluator and drawn afterwards on the host, so training never waits for it."""
+    name, _, evaluator = POLICIES[prefix]
+    record = jax.jit(getattr(trainer, evaluator), static_argnums=(2, 3))
+    first_seed = jax.tree.map(lambda x: x[0], params)
+    metrics, episode = jax.device_get(record(first_seed, jax.random.PRNGKey(args.seed + 10_000), 1, True))
+    start = time.time()
+    try:
+        env.animate(episode, path)
+    except OSError as error:
+        print(f"error: --capture-video could not write {path}: {error.strerror or error}", file=sys.stderr)
+        return None
+    print(f"video of the {name} (first seed, one episode: return {float(metrics['episode_return'][0]):.3f}, "
+          f"{int(metrics['episode_length'][0])} steps) in {path}, drawn in {time.time() - start:.0f}s",
+          flush=True)
+    return path
 # End of the long-run helpers.
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ FAST_PAIRS = {(script, "coordsum-3x10") for script in SCRIPTS} | {
     pytest.param(script, env_id, marks=() if (script, env_id) in FAST_PAIRS else pytest.mark.slow)
     for script in SCRIPTS for env_id in SUITE_TASKS])
 def test_short_run_writes_finite_metrics_for_two_seeds(script, env_id, tmp_path):
-    module, args, run_dir = run(script, env_id, tmp_path)
+    reproduce = env_id == "coordsum-3x10" and script in ("ippo", "magpo_sable")
+    module, args, run_dir = run(script, env_id, tmp_path, capture_video=reproduce)
     assert os.path.basename(run_dir).startswith(f"{env_id}__{script}__0__")
     assert json.load(open(os.path.join(run_dir, "args.json")))["env_id"] == env_id
     records = read_metrics(run_dir)
@@ -72,18 +73,23 @@ def test_short_run_writes_finite_metrics_for_two_seeds(script, env_id, tmp_path)
     models = ("actor", "guider") if script in GUIDED else ("actor",)
     for name in (f"{model}_{which}.msgpack" for model in models for which in ("final", "best")):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
-    if env_id == "coordsum-3x10" and script in ("ippo", "magpo_sable"):
+    if reproduce:
         saved_policies_reproduce_the_absolute_metric(module, args, run_dir, summary[env.suite]["3x10"])
 
 
 def saved_policies_reproduce_the_absolute_metric(module, args, run_dir, summary):
     """--evaluate of the best parameters, with 10x the run's episodes, gives the run's absolute metric exactly
-    (the learner's file and the guider's, told apart by their parameter trees)."""
+    (the learner's file and the guider's, told apart by their parameter trees), and with --capture-video the
+    training run's GIF again, byte for byte."""
+    trained_video = open(os.path.join(run_dir, "actor_best.gif"), "rb").read()
     for field, algorithm in (("actor", module.ALGORITHM), ("guider", f"{module.ALGORITHM}_guider")):
         if algorithm not in summary:
             continue
         again = module.main(module.Args(**{**vars(args), "evaluate": os.path.join(run_dir, f"{field}_best.msgpack"),
                                            "num_eval_episodes": 10 * args.num_eval_episodes, "save_model": False}))
+        video = open(os.path.join(run_dir, f"{field}_best.gif"), "rb").read()  # the guider's: its own file
+        if field == "actor":
+            assert video == trained_video  # the same episode of the same parameters, drawn again
         for s in range(args.num_seeds):
             for metric, values in summary[algorithm][f"seed_{args.seed + s}"]["absolute_metrics"].items():
                 np.testing.assert_array_equal(np.asarray(again[metric][s], np.float32), np.float32(values), metric)
