@@ -57,7 +57,7 @@ def outputs(run_dir):
         return records, json.load(f)
 
 
-@pytest.mark.parametrize("script", ["ippo", pytest.param("magpo_sable", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("script", ["ippo", "magpo_sable"])
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, tmp_path):
     unbroken = start(script, flags(script, 4), tmp_path / "unbroken")
     killed = start(script, flags(script, 4), tmp_path / "killed")
