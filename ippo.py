@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import distrax
 import flax.linen as nn
@@ -60,10 +61,15 @@ class Args:
     """environment id `<suite>-<task>`, e.g. rware-tiny-2ag, lbf-2s-8x8-2p-2f-coop, con-5x5x3a,
     mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10"""
     seed: int = 0
-    """seed of the first run; the i-th of --num-seeds runs uses seed + i, so it equals a single run with that
-    seed"""
+    """seed of the first run; the i-th of --num-seeds runs uses seed + i, the seed of a single run with
+    --seed seed+i (README, "Many runs in one program": what equals what)"""
     num_seeds: int = 1
-    """independent runs trained together in one compiled program (vmapped)"""
+    """independent runs trained together in one compiled program (per grid point: the numeric hyperparameter
+    flags take several values, e.g. --delta 1.2 1.5 inf --alpha 0 1, and their combinations train together)"""
+    run_batching: Literal["auto", "vmap", "loop"] = "auto"
+    """how that program holds its runs: vmap batches them into every array operation (fast on a GPU); loop
+    runs them one after another inside it (on a CPU as fast as separate runs, each run exactly its single
+    run); auto: loop on a CPU, vmap elsewhere"""
     total_timesteps: int = 20_000_000
     """environment steps per seed (every parallel environment's step counts once)"""
     num_envs: int = 128
@@ -105,21 +111,21 @@ class Args:
     """passes over the rollout per update"""
     num_minibatches: int = 2
     """minibatches per epoch; each holds num_envs / num_minibatches whole environment sequences"""
-    gamma: float = 0.99
+    gamma: float | tuple[float, ...] = 0.99
     """discount factor"""
-    gae_lambda: float = 0.9
+    gae_lambda: float | tuple[float, ...] = 0.9
     """GAE lambda (paper Table 3)"""
-    clip_eps: float = 0.2
+    clip_eps: float | tuple[float, ...] = 0.2
     """PPO clipping range for the policy ratio and the value function"""
-    ent_coef: float = 0.01
+    ent_coef: float | tuple[float, ...] = 0.01
     """entropy bonus coefficient"""
-    vf_coef: float = 0.1
+    vf_coef: float | tuple[float, ...] = 0.1
     """value loss coefficient (paper Table 3)"""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float | tuple[float, ...] = 0.5
     """global gradient-norm clip, applied to actor and critic separately"""
-    actor_lr: float = 2.5e-4
+    actor_lr: float | tuple[float, ...] = 2.5e-4
     """actor Adam learning rate"""
-    critic_lr: float = 2.5e-4
+    critic_lr: float | tuple[float, ...] = 2.5e-4
     """critic Adam learning rate"""
     layer_size: int = 128
     """width of the dense layer before and after the GRU"""
@@ -127,13 +133,10 @@ class Args:
     """GRU hidden size"""
 
 
-# Continuous hyperparameters reach `train` as arrays, not constants baked into the trace, so that a
-# grid of them can be vmapped in one compiled program like seeds are.
+# Continuous hyperparameters reach `train` as arrays, not constants baked into the trace, so that a grid of
+# them (several values per flag, e.g. the paper's delta x lambda per task) trains in one compiled program like
+# seeds do (the grid helpers below main).
 HPARAMS = ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "actor_lr", "critic_lr")
-
-
-def hparams_from_args(args: Args) -> dict[str, jax.Array]:
-    return {name: jnp.asarray(getattr(args, name), jnp.float32) for name in HPARAMS}
 
 
 # =============================================================================================
@@ -614,17 +617,15 @@ def validate(args: Args) -> EnvSpec:
             raise UsageError(
                 f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}"
             )
-    for name in ("gamma", "gae_lambda"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
-    for name in ("clip_eps", "max_grad_norm", "actor_lr", "critic_lr"):
-        if not getattr(args, name) > 0.0 or not math.isfinite(getattr(args, name)):
-            raise UsageError(
-                f"--{name.replace('_', '-')} must be a positive number, got {getattr(args, name)}"
-            )
-    for name in ("ent_coef", "vf_coef"):
-        if not getattr(args, name) >= 0.0 or not math.isfinite(getattr(args, name)):
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for flag, value in each_value(args, ("gamma", "gae_lambda")):
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"{flag} must be in [0, 1], got {value}")
+    for flag, value in each_value(args, ("clip_eps", "max_grad_norm", "actor_lr", "critic_lr")):
+        if not value > 0.0 or not math.isfinite(value):
+            raise UsageError(f"{flag} must be a positive number, got {value}")
+    for flag, value in each_value(args, ("ent_coef", "vf_coef")):
+        if not value >= 0.0 or not math.isfinite(value):
+            raise UsageError(f"{flag} must be >= 0, got {value}")
     if args.num_envs % args.num_minibatches:
         raise UsageError(f"--num-envs ({args.num_envs}) must be divisible by --num-minibatches "
                          f"({args.num_minibatches}): minibatches hold whole environments")
@@ -654,6 +655,11 @@ def validate(args: Args) -> EnvSpec:
             f"--rollout-length = {steps_per_update} steps, so use at least "
             f"{steps_per_update * args.num_evaluations} or fewer evaluations"
         )
+    for name in HPARAMS:
+        values = flag_values(args, name)
+        if len(set(values)) < len(values):
+            raise UsageError(f"--{name.replace('_', '-')} lists a value twice "
+                             f"({' '.join(f'{v:g}' for v in values)}): each grid point trains once")
     try:
         env = make_env(args.env_id)
     except ValueError as error:
@@ -662,8 +668,9 @@ def validate(args: Args) -> EnvSpec:
     if free is not None and need > free:
         raise UsageError(
             f"{args.env_id} with --num-envs {args.num_envs} x --rollout-length {args.rollout_length} x "
-            f"--num-seeds {args.num_seeds} needs at least {need / 2**30:,.1f} GiB for its rollout alone, "
-            f"more than the {free / 2**30:,.1f} GiB free: lower --num-envs, --rollout-length or --num-seeds"
+            f"--num-seeds {args.num_seeds} x {len(grid_points(args))} grid point(s) needs at least "
+            f"{need / 2**30:,.1f} GiB for its rollout alone, more than the {free / 2**30:,.1f} GiB free: "
+            "lower --num-envs, --rollout-length, --num-seeds or the grid"
         )
     return env
 
@@ -671,11 +678,14 @@ def validate(args: Args) -> EnvSpec:
 LOSSES = ("actor_loss", "value_loss", "entropy")
 
 
-def first_non_finite(train_stats: dict) -> int | None:
-    """Index of the first update (within the interval) whose losses are not finite, else None."""
+def first_non_finite(train_stats: dict) -> tuple[int, list[int]] | None:
+    """The first update (within the interval) whose losses are not finite, and the runs where they are not."""
     losses = np.stack([np.asarray(train_stats[k]) for k in LOSSES], axis=-1)
-    bad = ~np.isfinite(losses).all(axis=-1).all(axis=0)  # [seeds, updates] -> [updates]
-    return int(np.argmax(bad)) if bad.any() else None
+    finite = np.isfinite(losses).all(axis=-1)  # [runs, updates]
+    if finite.all():
+        return None
+    update = int(np.argmax(~finite.all(axis=0)))
+    return update, np.flatnonzero(~finite[:, update]).tolist()
 
 
 # A loss this large is finite, but the run has diverged (a value loss of 5e31 at a learning rate of 1e6).
@@ -693,9 +703,11 @@ def exploded_loss(train_stats: dict) -> tuple[str, float] | None:
 
 def rollout_bytes(args: Args, env: EnvSpec) -> int:
     """A lower bound on a run's memory: the rollout every update keeps whole (observations, action masks,
-    global states) for all seeds, split over the devices. The update and the networks need more."""
+    global states) for all seeds and grid points, split over the devices. The update and the networks need
+    more."""
     per_step = env.num_agents * (4 * env.obs_dim + env.num_actions) + 4 * env.state_dim
-    return args.num_seeds * args.num_envs * args.rollout_length * per_step // jax.device_count()
+    runs = args.num_seeds * len(grid_points(args))
+    return runs * args.num_envs * args.rollout_length * per_step // jax.device_count()
 
 
 def free_bytes() -> int | None:
@@ -736,17 +748,19 @@ def main(args: Args) -> str | dict:
         except OSError as error:  # read-only, a file in the way, /proc, ...: before anything compiles
             sys.exit(f"error: --output-dir {args.output_dir!r} cannot hold a run directory: "
                      f"{error.strerror or error}")
+    points = grid_points(args)  # [{}] without a grid
+    grid = f" x {len(points)} grid points" if points[0] else ""
     print(
         f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
-        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s); "
-        f"{'resuming' if args.resume else 'writing'} {run_dir}", flush=True
+        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s){grid}, "
+        f"{run_batching(args)}; {'resuming' if args.resume else 'writing'} {run_dir}", flush=True
     )
-    keys = jax.vmap(jax.random.PRNGKey)(args.seed + jnp.arange(args.num_seeds))
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))
+    keys, hp = run_inputs(args)
+    init = jax.jit(over_runs(trainer.init, args, (0, 0)))
     # One update per call, so that progress and Ctrl-C are served between updates.
-    step = jax.jit(jax.vmap(update_then_checkpoint(trainer), in_axes=(0, None, None)), donate_argnums=0)
+    step = jax.jit(over_runs(update_then_checkpoint(trainer), args, (0, 0, None)), donate_argnums=0)
     evaluators = {
-        prefix: jax.jit(jax.vmap(getattr(trainer, evaluator), in_axes=(0, 0, None)), static_argnums=2)
+        prefix: jax.jit(over_runs(getattr(trainer, evaluator), args, (0, 0, None)), static_argnums=2)
         for prefix, (_, _, evaluator) in POLICIES.items()
     }
     steps_per_update = args.num_envs * args.rollout_length
@@ -778,7 +792,7 @@ def main(args: Args) -> str | dict:
         runner, saved_state = restore_checkpoint(store, runner)
         first, wall_before, warned = saved_state["interval"], saved_state["wall_time"], saved_state["warned"]
         checkpoints = saved_state["checkpoints"]
-        keep_first_lines(os.path.join(run_dir, "metrics.jsonl"), first)
+        keep_first_lines(os.path.join(run_dir, "metrics.jsonl"), first * len(points))
         print(f"resumed after checkpoint {first} (step {first * steps_per_interval:,})", flush=True)
     wandb_run = None
     if args.track:
@@ -833,9 +847,11 @@ def main(args: Args) -> str | dict:
             updates_done, last_report = (i + 1) * trainer.num_updates_per_eval, time.time()
             bad = first_non_finite(out["train"])
             if bad is not None:
-                update_number = i * trainer.num_updates_per_eval + bad + 1
-                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1}); "
-                                f"stopping. Metrics so far are in {run_dir}/metrics.jsonl")
+                update_number = i * trainer.num_updates_per_eval + bad[0] + 1
+                where = sorted({ALGORITHM + point_name(points[r // args.num_seeds]) for r in bad[1]})
+                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1})"
+                                f"{' in ' + ', '.join(where) if grid else ''}; stopping. Metrics so far are "
+                                f"in {run_dir}/metrics.jsonl")
                 break
             exploded = exploded_loss(out["train"])
             if exploded is not None and not warned:
@@ -845,17 +861,17 @@ def main(args: Args) -> str | dict:
                       "helps",
                       file=sys.stderr, flush=True)
             env_steps = (i + 1) * steps_per_interval
-            record = {"checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed(), 3),
-                      "sps": round(env_steps / elapsed(), 1)}
-            for prefix in POLICIES:
-                record.update({f"{prefix}{k}": v for k, v in summarise(out[f"{prefix}eval"]).items()})
-            record.update({k: np.asarray(v).mean(axis=-1).tolist() for k, v in out["train"].items()})
-            metrics_file.write(json.dumps(record) + "\n")
+            records = checkpoint_records(args, points, out, {
+                "checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed(), 3),
+                "sps": round(env_steps / elapsed(), 1)})
+            metrics_file.writelines(json.dumps(record) + "\n" for record in records)
             metrics_file.flush()
             checkpoints.append({"env_steps": env_steps, **{f"{p}eval": out[f"{p}eval"] for p in POLICIES}})
             if store is not None:  # after the metrics line: a resumed run rewrites lines past its checkpoint
                 save_checkpoint(store, i + 1, runner, {"interval": i + 1, "wall_time": elapsed(),
                                                        "warned": warned, "checkpoints": checkpoints})
+            # In a grid, the point whose deployable policy scores best so far (mean over its seeds).
+            record = max(records, key=lambda r: np.mean(r[f"{metric}_mean"]))
             scores = [f"{name} {metric} {np.mean(record[f'{prefix}{metric}_mean']):8.3f}"
                       for prefix, (name, _, _) in POLICIES.items()]
             spread = (
@@ -863,26 +879,34 @@ def main(args: Args) -> str | dict:
             )
             eta = (time.time() - train_start) / (i + 1 - first) * (args.num_evaluations - i - 1)
             print(f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
+                  f"{'best ' + record['algorithm'] + ': ' if grid else ''}"
                   f"{scores[0]} ± {spread:.3f}{''.join(' | ' + s for s in scores[1:])} | "
                   f"ETA {format_duration(eta)}", flush=True)
-            if wandb_run is not None:
-                wandb_run.log(
-                    {k: float(np.mean(v)) for k, v in record.items() if k != "checkpoint"}, step=env_steps
-                )
+            if wandb_run is not None:  # a grid's points as `ippo[actor_lr=0.001]/episode_return_mean`
+                wandb_run.log({f"{r['algorithm'] + '/' if grid else ''}{k}": float(np.mean(v))
+                               for r in records for k, v in r.items()
+                               if k not in ("checkpoint", "algorithm", *points[0])}, step=env_steps)
         else:
-            key_abs = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(args.num_seeds))
+            key_abs, _ = run_inputs(args, seed_offset=10_000)
             for prefix, (name, field, _) in POLICIES.items():
                 absolute[prefix] = jax.device_get(
                     evaluators[prefix](getattr(runner, f"best_{field}_params"), key_abs,
                                        10 * args.num_eval_episodes)
                 )
-                means = np.asarray(absolute[prefix][metric]).mean(axis=-1)
-                print(f"absolute {metric} of the {name} (best parameters, {10 * args.num_eval_episodes} "
-                      f"episodes): {means.mean():.3f} ± {means.std():.3f} over {args.num_seeds} seed(s)")
-            if args.capture_video:
+                for p, point in enumerate(points):
+                    means = np.asarray(absolute[prefix][metric])[point_runs(args, p)].mean(axis=-1)
+                    of = f" of {ALGORITHM}{point_name(point)}" if grid else ""
+                    print(f"absolute {metric} of the {name}{of} (best parameters, "
+                          f"{10 * args.num_eval_episodes} episodes): {means.mean():.3f} ± {means.std():.3f} "
+                          f"over {args.num_seeds} seed(s)")
+            if args.capture_video:  # the first seed of the best grid point
                 field = POLICIES[""][1]
-                video = write_video(args, env, trainer, "", getattr(runner, f"best_{field}_params"),
-                                    os.path.join(run_dir, f"{field}_best.gif"))
+                scores = np.asarray(absolute[""][metric]).mean(axis=-1).reshape(len(points), -1).mean(axis=-1)
+                p = int(np.argmax(scores))
+                best = getattr(runner, f"best_{field}_params")
+                params = jax.tree.map(lambda x: x[point_runs(args, p)], best)
+                video = write_video(args, env, trainer, "", params,
+                                    os.path.join(run_dir, f"{field}_best{point_name(points[p])}.gif"))
                 if wandb_run is not None and video is not None:
                     wandb_run.log({"video": wandb.Video(video, format="gif")})
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
@@ -893,20 +917,16 @@ def main(args: Args) -> str | dict:
         metrics_file.close()
         # The first policy under this script's name (the deployable one); the guider beside it.
         summary = {}
-        for prefix in POLICIES:
-            algorithm = f"{ALGORITHM}_{prefix[:-1]}" if prefix else ALGORITHM
-            part = marl_eval_summary(env, args, checkpoints, absolute.get(prefix), algorithm, f"{prefix}eval")
+        for (p, point), prefix in itertools.product(enumerate(points), POLICIES):
+            algorithm = (f"{ALGORITHM}_{prefix[:-1]}" if prefix else ALGORITHM) + point_name(point)
+            part = marl_eval_summary(env, args, checkpoints, absolute.get(prefix), algorithm, f"{prefix}eval",
+                                     point_runs(args, p))
             for task, algorithms in part[env.suite].items():
                 summary.setdefault(env.suite, {}).setdefault(task, {}).update(algorithms)
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f)
         if args.save_model and checkpoints:
-            for _, field, _ in POLICIES.values():
-                for which in ("final", "best"):
-                    params = getattr(runner, f"{field}_params" if which == "final" else
-                                     f"best_{field}_params")
-                    with open(os.path.join(run_dir, f"{field}_{which}.msgpack"), "wb") as f:
-                        f.write(serialization.to_bytes(jax.device_get(params)))
+            save_parameters(args, points, runner, run_dir)
         if wandb_run is not None:
             wandb_run.finish()
     if exit_message:
@@ -1439,27 +1459,145 @@ def summarise(evaluation: dict) -> dict:
 
 
 def marl_eval_summary(env: EnvSpec, args: Args, checkpoints: list, absolute: dict | None,
-                      algorithm: str = ALGORITHM, eval_key: str = "eval") -> dict:
-    """marl-eval's JSON layout: env -> task -> algorithm -> seed -> step_i / absolute_metrics."""
+                      algorithm: str = ALGORITHM, eval_key: str = "eval", runs: slice = slice(None)) -> dict:
+    """marl-eval's JSON layout: env -> task -> algorithm -> seed -> step_i / absolute_metrics; `runs`: the
+    grid point's seeds among the [runs, ...] arrays."""
     task = env.env_id.split("-", 1)[1] if env.suite != "connector" else env.env_id
-    runs = {}
+    by_seed = {}
     for s in range(args.num_seeds):
         run = {
             f"step_{i}": {
                 "step_count": c["env_steps"],
-                **{k: [float(x) for x in v[s]] for k, v in c[eval_key].items()},
+                **{k: [float(x) for x in np.asarray(v)[runs][s]] for k, v in c[eval_key].items()},
             }
             for i, c in enumerate(checkpoints)
         }
         if absolute is not None:
-            run["absolute_metrics"] = {k: [float(x) for x in v[s]] for k, v in absolute.items()}
-        runs[f"seed_{args.seed + s}"] = run
-    return {env.suite: {task: {algorithm: runs}}}
+            run["absolute_metrics"] = {k: [float(x) for x in np.asarray(v)[runs][s]]
+                                       for k, v in absolute.items()}
+        by_seed[f"seed_{args.seed + s}"] = run
+    return {env.suite: {task: {algorithm: by_seed}}}
 
 
 def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# =============================================================================================
+# Many runs in one program: seeds and hyperparameter grids (identical in every script)
+# =============================================================================================
+def flag_values(args: Args, name: str) -> tuple[float, ...]:
+    """A HPARAMS flag's values: one, or several for a grid."""
+    value = getattr(args, name)
+    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
+
+
+def each_value(args: Args, names: tuple[str, ...]):
+    """(flag, value) for every value of these HPARAMS flags, so that validate() checks each grid value."""
+    return [(f"--{name.replace('_', '-')}", value) for name in names for value in flag_values(args, name)]
+
+
+def grid_points(args: Args) -> list[dict[str, float]]:
+    """Every combination of the HPARAMS flags given several values, the last flag varying fastest; [{}] for a
+    run without a grid."""
+    names = [name for name in HPARAMS if len(flag_values(args, name)) > 1]
+    return [dict(zip(names, values)) for values in itertools.product(*(flag_values(args, n) for n in names))]
+
+
+def point_name(point: dict[str, float]) -> str:
+    """A grid point's suffix to the algorithm's name in summary.json, metrics.jsonl and file names:
+    `[delta=1.2,alpha=1]`; '' without a grid."""
+    return f"[{','.join(f'{name}={value:g}' for name, value in point.items())}]" if point else ""
+
+
+def hparams_from_args(args: Args, point: dict[str, float] | None = None) -> dict[str, jax.Array]:
+    """One run's traced hyperparameters: the flags' values, with a grid point's where one is given."""
+    point = point or {}
+    return {name: jnp.asarray(point.get(name, flag_values(args, name)[0]), jnp.float32) for name in HPARAMS}
+
+
+def run_inputs(args: Args, seed_offset: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Every run's key and hyperparameters, grid point by grid point: run p * num_seeds + i is point p with
+    seed --seed + i, the seed a single run with the point's values and --seed + i would use."""
+    points = grid_points(args)
+    seeds = np.tile(args.seed + seed_offset + np.arange(args.num_seeds), len(points))
+    hp = jax.tree.map(lambda *xs: jnp.repeat(jnp.stack(xs), args.num_seeds, axis=0),
+                      *(hparams_from_args(args, point) for point in points))
+    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds)), hp
+
+def point_runs(args: Args, p: int) -> slice:
+    """Grid point p's runs (its seeds) along the runs' axis."""
+    return slice(p * args.num_seeds, (p + 1) * args.num_seeds)
+
+
+def checkpoint_records(args: Args, points: list[dict[str, float]], out: dict, common: dict) -> list[dict]:
+    """metrics.jsonl's lines for one checkpoint, one per grid point: per-seed evaluations and training
+    statistics and, in a grid, the point's name (as in summary.json) and values."""
+    records = []
+    for p, point in enumerate(points):
+        runs = point_runs(args, p)
+        record = {**common, **({"algorithm": ALGORITHM + point_name(point), **point} if point else {})}
+        for prefix in POLICIES:
+            evaluation = {k: np.asarray(v)[runs] for k, v in out[f"{prefix}eval"].items()}
+            record.update({f"{prefix}{k}": v for k, v in summarise(evaluation).items()})
+        record.update({k: np.asarray(v)[runs].mean(axis=-1).tolist() for k, v in out["train"].items()})
+        records.append(record)
+    return records
+
+
+def save_parameters(args: Args, points: list[dict[str, float]], runner, run_dir: str):
+    """--save-model: every policy's final and best parameters ([seeds, ...] arrays), one file per grid point
+    (`actor_best[delta=1.2,alpha=1].msgpack`), which --evaluate reads back."""
+    for (p, point), (_, field, _) in itertools.product(enumerate(points), POLICIES.values()):
+        for which in ("final", "best"):
+            params = getattr(runner, f"{field}_params" if which == "final" else f"best_{field}_params")
+            params = jax.tree.map(lambda x: x[point_runs(args, p)], params)
+            with open(os.path.join(run_dir, f"{field}_{which}{point_name(point)}.msgpack"), "wb") as f:
+                f.write(serialization.to_bytes(jax.device_get(params)))
+
+
+def run_batching(args: Args) -> str:
+    """--run-batching auto: a loop on a CPU, where batching the runs buys no speed (README, "Many runs in one
+    program"), vmap on an accelerator, where it is what makes many runs cheap."""
+    if args.run_batching != "auto":
+        return args.run_batching
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+
+
+def over_runs(fn: Callable, args: Args, in_axes: tuple) -> Callable:
+    """fn over the runs' leading axis (arguments whose in_axes is None are shared by every run). vmap batches
+    the runs into every array operation; loop (lax.map) runs them one after another inside the program,
+    each computing exactly what it computes alone."""
+    if run_batching(args) == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def looped(*xs):
+        def one_run(mapped):
+            mapped = iter(mapped)
+            return fn(*(next(mapped) if axis == 0 else x for x, axis in zip(xs, in_axes)))
+
+        return jax.lax.map(one_run, [x for x, axis in zip(xs, in_axes) if axis == 0])
+
+    return looped
+
+
+FIELDS = {field.name for field in dataclasses.fields(Args)}
+
+
+def check_single_values(argv: list[str]):
+    """A flag outside HPARAMS given several values gets one line, before tyro's box: it changes the arrays'
+    shapes (sizes, epochs, minibatches) or is not a number, so a grid over it cannot share one program."""
+    for i, token in enumerate(argv):
+        name = token[2:].replace("-", "_")
+        if not token.startswith("--") or "=" in token or name in HPARAMS or name not in FIELDS:
+            continue
+        values = list(itertools.takewhile(lambda t: not t.startswith("--"), argv[i + 1:]))
+        if len(values) > 1:
+            grid = ", ".join(f"--{n.replace('_', '-')}" for n in HPARAMS)
+            sys.exit(f"error: {token} takes one value, got {len(values)} ({' '.join(values)}): only {grid} "
+                     f"take several (a grid, trained in one program); run one command per {token} value")
+# End of the grid helpers.
 
 
 # =============================================================================================
@@ -1502,6 +1640,7 @@ def resumed_args(args: Args) -> Args:
         raise UsageError(
             f"--resume {args.resume!r} is not a run directory (no readable args.json in it)"
         ) from None
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # a grid's values
     if saved.get("algorithm") != ALGORITHM:
         raise UsageError(f"--resume {args.resume!r} is a run of {saved.get('algorithm')}.py: resume it with "
                          f"that script, not {ALGORITHM}.py")
@@ -1655,6 +1794,7 @@ def likely_cause(args: Args, flat: dict, expected: dict) -> str:
             saved = json.load(f)
     except (OSError, ValueError):
         saved = {}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # a grid's values
     if saved.get("algorithm", ALGORITHM) != ALGORITHM:
         return f"it was saved by {saved['algorithm']}.py; evaluate it with that script"
     names = [f.name for f in dataclasses.fields(Args) if f.name not in RESUME_FREE and f.name in saved]
@@ -1677,7 +1817,7 @@ def evaluate_policy(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, par
     name, _, evaluator = POLICIES[prefix]
     num_seeds = jax.tree.leaves(params)[0].shape[0]
     keys = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(num_seeds))
-    evaluate = jax.jit(jax.vmap(getattr(trainer, evaluator), in_axes=(0, 0, None)), static_argnums=2)
+    evaluate = jax.jit(over_runs(getattr(trainer, evaluator), args, (0, 0, None)), static_argnums=2)
     evaluation = jax.device_get(evaluate(params, keys, args.num_eval_episodes))
     print(f"{ALGORITHM} {name} from {args.evaluate} on {args.env_id}: {num_seeds} seed(s) x "
           f"{args.num_eval_episodes} episodes")
@@ -1710,4 +1850,5 @@ def write_video(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, params,
 # End of the long-run helpers.
 
 if __name__ == "__main__":
+    check_single_values(sys.argv[1:])
     main(tyro.cli(Args))

@@ -12,7 +12,13 @@ Reads every runs/*/summary.json (marl-eval's layout, as every script writes it) 
     score any algorithm reached there);
   * <suite>__<task>.png: sample-efficiency curves per task (mean over seeds, 95% bootstrap band), the
     learner solid and its guider dashed where a script has one; <suite>.png: the normalised IQM per
-    checkpoint over the suite's tasks.
+    checkpoint over the suite's tasks;
+  * for a grid (a run with several values per flag, e.g. `magpo_sable.py --delta 1.2 1.5 inf --alpha 0 1 2`,
+    whose points summary.json names `magpo_sable[alpha=1,delta=1.5]`): grid.md / grid.json, per task and
+    script a row per point (its values, final score with 95% CI, the best point in bold) and, for two flags,
+    the learner's mean final score as a matrix; <suite>__<task>__<script>_grid.png, that score over the grid
+    (a heatmap for two flags, bars otherwise) beside every point's learning curve. Grid points stay out of
+    the other plots and of suites.md, which compare algorithms.
 Every run of a (task, algorithm) under runs_dir is pooled as one more seed: keep one configuration per
 folder. Runs made with `benchmark/run.py --plain` count as plain Sable / MAT: their guider is named
 `sable` or `mat`. rliable needs arch < 8, which needs pandas < 3: hence pandas 2.3.3 in requirements.txt.
@@ -143,7 +149,104 @@ def suite_table(rows: list[dict], reps: int = 2000, seed: int = 0) -> list[dict]
 
 def is_guider(algorithm: str) -> bool:
     """A centralised policy reported beside a learner (drawn dashed)."""
+    algorithm = split_point(algorithm)[0]
     return algorithm.endswith("_guider") or algorithm in PLAIN_NAMES.values()
+
+
+def split_point(algorithm: str) -> tuple[str, dict[str, str]]:
+    """`magpo_sable[alpha=1,delta=1.5]` -> ("magpo_sable", {"alpha": "1", "delta": "1.5"}); no grid: (name, {})."""
+    if not algorithm.endswith("]") or "[" not in algorithm:
+        return algorithm, {}
+    base, point = algorithm[:-1].split("[", 1)
+    return base, dict(item.split("=", 1) for item in point.split(","))
+
+
+def grid_rows(task_rows: list[dict]) -> dict:
+    """{(suite, task, script's policy name): [task rows of its grid points, in the grid's order]}."""
+    grids = defaultdict(list)
+    for row in task_rows:
+        base, point = split_point(row["algorithm"])
+        if point:
+            grids[row["suite"], row["task"], base].append({**row, "point": point})
+    return dict(grids)
+
+
+def as_number(value: str) -> float:
+    return float(value)  # "inf" too
+
+
+def grid_markdown(grids: dict) -> str:
+    lines = []
+    for (suite, task, base), rows in sorted(grids.items()):
+        flags = list(rows[0]["point"])
+        rows = sorted(rows, key=lambda r: [as_number(r["point"][f]) for f in flags])
+        best = max(rows, key=lambda r: r["mean"])
+        lines += [f"### {suite} {task}: {base}", "",
+                  "| " + " | ".join(flags) + " | seeds | steps per seed | final score (95% CI) |",
+                  "| " + " | ".join("---:" for _ in flags) + " | ---: | ---: | --- |"]
+        for r in rows:
+            score = f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+            lines.append("| " + " | ".join(r["point"][f] for f in flags) + f" | {r['seeds']} | {r['steps']:,} | "
+                         + (f"**{score}**" if r is best else score) + " |")
+        if len(flags) == 2:  # the matrix a delta x lambda sweep is read from
+            first = sorted({r["point"][flags[0]] for r in rows}, key=as_number)
+            second = sorted({r["point"][flags[1]] for r in rows}, key=as_number)
+            means = {(r["point"][flags[0]], r["point"][flags[1]]): r["mean"] for r in rows}
+            lines += ["", f"Mean final score, {flags[0]} (rows) x {flags[1]} (columns):", "",
+                      f"| {flags[0]} \\ {flags[1]} | " + " | ".join(second) + " |",
+                      "| --- |" + " ---: |" * len(second)]
+            lines += [f"| {a} | " + " | ".join(f"{means[a, b]:.2f}" if (a, b) in means else "-" for b in second)
+                      + " |" for a in first]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_grids(runs: dict, grids: dict, out: str) -> list[str]:
+    """Per grid: the final score over the points (heatmap for two flags, bars otherwise) and the curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for (suite, task, base), rows in sorted(grids.items()):
+        flags = list(rows[0]["point"])
+        rows = sorted(rows, key=lambda r: [as_number(r["point"][f]) for f in flags])
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        if len(flags) == 2:
+            first = sorted({r["point"][flags[0]] for r in rows}, key=as_number)
+            second = sorted({r["point"][flags[1]] for r in rows}, key=as_number)
+            matrix = np.full((len(first), len(second)), np.nan)
+            for r in rows:
+                matrix[first.index(r["point"][flags[0]]), second.index(r["point"][flags[1]])] = r["mean"]
+            image = left.imshow(matrix, cmap="viridis", aspect="auto")
+            for (i, j), value in np.ndenumerate(matrix):
+                left.text(j, i, f"{value:.2f}", ha="center", va="center", color="w", fontsize=8)
+            left.set(xticks=range(len(second)), xticklabels=second, yticks=range(len(first)), yticklabels=first,
+                     xlabel=flags[1], ylabel=flags[0])
+            fig.colorbar(image, ax=left)
+        else:
+            labels = [",".join(f"{f}={r['point'][f]}" for f in flags) for r in rows]
+            means = np.array([r["mean"] for r in rows])
+            errors = np.array([[r["mean"] - r["ci_low"] for r in rows], [r["ci_high"] - r["mean"] for r in rows]])
+            left.bar(range(len(rows)), means, yerr=errors, capsize=3)
+            left.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
+        left.set_title(f"{base}: final {headline_metric(suite)} (mean over seeds)")
+        for r in rows:
+            seeds = runs[suite, task, r["algorithm"]]
+            curves = [curve(run, headline_metric(suite)) for run in seeds]
+            n = min(len(c[1]) for c in curves)
+            right.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), "--" if is_guider(base) else "-",
+                       label=",".join(f"{f}={r['point'][f]}" for f in flags))
+        right.set(title=f"{suite} {task}: {base}, every point", xlabel="environment steps",
+                  ylabel=headline_metric(suite))
+        right.legend(fontsize=6)
+        fig.tight_layout()
+        path = os.path.join(out, f"{suite}__{task}__{base}_grid.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path)
+    return files
 
 
 def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
@@ -162,7 +265,8 @@ def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
 
     files, by_task = [], defaultdict(dict)
     for (suite, task, algorithm), seeds in runs.items():
-        by_task[suite, task][algorithm] = seeds
+        if not split_point(algorithm)[1]:  # grid points: plot_grids
+            by_task[suite, task][algorithm] = seeds
     suite_curves = defaultdict(lambda: defaultdict(list))  # suite -> algorithm -> per-task [runs, checkpoints]
     for (suite, task), algorithms in sorted(by_task.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -222,15 +326,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no */summary.json under {opts.runs_dir}")
     os.makedirs(opts.out, exist_ok=True)
     task_rows = task_table(runs, opts.reps)
-    suite_rows = suite_table(task_rows, opts.reps)
+    suite_rows = suite_table([r for r in task_rows if not split_point(r["algorithm"])[1]], opts.reps)
     tasks_md, suites_md = markdown(task_rows, suite_rows)
-    for name, text, data in (("tasks", tasks_md, task_rows), ("suites", suites_md, suite_rows)):
+    outputs = [("tasks", tasks_md, task_rows), ("suites", suites_md, suite_rows)]
+    grids = grid_rows(task_rows)
+    if grids:
+        outputs.append(("grid", grid_markdown(grids), [r for rows in grids.values() for r in rows]))
+    for name, text, data in outputs:
         with open(os.path.join(opts.out, f"{name}.md"), "w") as f:
             f.write(text)
         with open(os.path.join(opts.out, f"{name}.json"), "w") as f:
             json.dump(data, f, indent=1)
-    files = plot(runs, opts.out)
-    print(tasks_md + "\n" + suites_md + "\n" + "\n".join(files))
+    files = plot(runs, opts.out) + plot_grids(runs, grids, opts.out)
+    print("\n".join(text for _, text, _ in outputs) + "\n" + "\n".join(files))
 
 
 if __name__ == "__main__":

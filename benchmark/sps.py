@@ -103,9 +103,14 @@ def device_peak_mib() -> float | None:
 
 
 def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int, updates: int, repeats: int,
-                   overrides: dict, code_root: str = ROOT) -> dict:
+                   overrides: dict, code_root: str = ROOT, runs: int | None = None,
+                   run_batching: str = "auto") -> dict:
     """Compile `updates` training updates of `script` (the file in `code_root`) as one jitted call and time
-    `repeats` calls."""
+    `repeats` calls. With `runs`: that many runs in one program, held the way the script holds --num-seeds
+    runs (its over_runs, with `run_batching`), or, in a checkout older than over_runs, vmapped with the
+    hyperparameters shared, as its main() did."""
+    import dataclasses
+
     import jax
 
     sys.path.insert(0, code_root)
@@ -123,8 +128,22 @@ def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int,
         return jax.lax.scan(lambda r, _: trainer.update(r, hp), runner, None, updates)
 
     start = time.perf_counter()
-    runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), hp)
-    compiled = jax.jit(train_updates, donate_argnums=0).lower(runner, hp).compile()
+    if runs is None:
+        runner = jax.jit(trainer.init)(jax.random.PRNGKey(0), hp)
+        compiled = jax.jit(train_updates, donate_argnums=0).lower(runner, hp).compile()
+    else:
+        if hasattr(module, "over_runs"):
+            args = dataclasses.replace(args, num_seeds=runs, run_batching=run_batching)
+            keys, hp = module.run_inputs(args)
+            batching, hp_axis = module.run_batching(args), 0
+
+            def over(fn, axes):
+                return module.over_runs(fn, args, axes)
+        else:
+            keys = jax.vmap(jax.random.PRNGKey)(jax.numpy.arange(runs))
+            batching, hp_axis, over = "vmap, hyperparameters shared", None, lambda fn, axes: jax.vmap(fn, in_axes=axes)
+        runner = jax.jit(over(trainer.init, (0, hp_axis)))(keys, hp)
+        compiled = jax.jit(over(train_updates, (0, hp_axis)), donate_argnums=0).lower(runner, hp).compile()
     compile_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
@@ -132,8 +151,9 @@ def measure_script(script: str, env_id: str, num_envs: int, rollout_length: int,
         runner, stats = compiled(runner, hp)
         jax.block_until_ready(stats)
         times.append(time.perf_counter() - start)
-    steps = num_envs * rollout_length * updates
-    return {"kind": "ours", "script": script, "env_id": env_id, "num_envs": num_envs, "compile_s": round(compile_s, 1),
+    steps = num_envs * rollout_length * updates * (runs or 1)
+    extra = {} if runs is None else {"runs": runs, "run_batching": batching}
+    return {"kind": "ours", "script": script, "env_id": env_id, "num_envs": num_envs, "compile_s": round(compile_s, 1), **extra,
             "sps": round(steps / statistics.median(times)), "sps_repeats": [round(steps / t) for t in times],
             "peak_host_mib": round(peak_rss_mib()), "jax": jax.__version__,
             "peak_device_mib": device_peak_mib(), "device": str(jax.devices()[0].device_kind),
@@ -291,6 +311,35 @@ def spread(row: dict) -> str:
     return f"{min(repeats):,}-{max(repeats):,}"
 
 
+def runs_table(rows: list[dict], scripts: list[str], env_ids: list[str], num_seeds: list[int]) -> str:
+    """N runs in one program against N single runs one after another (the same side's 1-run figure), for the
+    baseline (before) and this checkout (after) where both were measured."""
+    by = {(r.get("script"), r["env_id"], r.get("runs"), r.get("side", "after")): r for r in rows if r["kind"] == "ours"}
+    sides = [side for side in ("before", "after") if any(k[3] == side for k in by)]
+
+    def cell(script, env_id, runs, side):
+        row, one = by.get((script, env_id, runs, side)), by.get((script, env_id, min(num_seeds), side))
+        if row is None or "sps" not in row:
+            return "-" if row is None else sps_cell(row)
+        vs = f" ({row['sps'] / one['sps']:.2f}x)" if one and "sps" in one and runs != min(num_seeds) else ""
+        return f"{row['sps']:,}{vs}"
+
+    head = " | ".join(f"{side}: steps/s (vs N single runs)" for side in sides)
+    lines = [f"| script | task | values | N runs | {head} | how ({', '.join(sides)}) |",
+             "| --- | --- | --- | ---: |" + " ---: |" * len(sides) + " --- |"]
+    for env_id in env_ids:
+        for script in scripts:
+            for runs in num_seeds:
+                found = [by.get((script, env_id, runs, side)) for side in sides]
+                if not any(found):
+                    continue
+                values = next(r for r in found if r).get("values", "defaults")
+                how = ", ".join(r.get("run_batching", "-") if r else "-" for r in found)
+                lines.append(f"| {script} | {env_id} | {values} | {runs} | "
+                             + " | ".join(cell(script, env_id, runs, side) for side in sides) + f" | {how} |")
+    return "\n".join(lines)
+
+
 def compare_table(rows: list[dict], scripts: list[str], env_ids: list[str]) -> str:
     """Baseline (before) and this checkout (after), cell by cell."""
     by = {(r["kind"], r.get("script"), r["env_id"], r.get("side", "after")): r for r in rows}
@@ -331,6 +380,11 @@ def main() -> None:
     parser.add_argument("--baseline", help="another checkout of this repository to measure beside this one (before)")
     parser.add_argument("--baseline-python", default=sys.executable, help="the interpreter (virtualenv) of --baseline")
     parser.add_argument("--timeout", type=float, help="seconds one figure of ours may take, compilation included")
+    parser.add_argument("--num-seeds", type=int, nargs="+",
+                        help="many runs in one program: aggregate steps/s of N runs per program, for each N")
+    parser.add_argument("--run-batching", choices=["auto", "vmap", "loop"], default="auto",
+                        help="with --num-seeds: how this checkout's scripts hold the runs (their --run-batching)")
+    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--code-root", default=ROOT, help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -341,7 +395,7 @@ def main() -> None:
             out = measure_env(rest[0], opts.num_envs, opts.rollout_length, opts.repeats + 1, opts.code_root)
         else:
             out = measure_script(what, rest[0], opts.num_envs, opts.rollout_length, opts.updates, opts.repeats,
-                                 json.loads(rest[1]), opts.code_root)
+                                 json.loads(rest[1]), opts.code_root, opts.runs, opts.run_batching)
         print(json.dumps(out))
         return
 
@@ -361,10 +415,20 @@ def main() -> None:
             row = {**in_subprocess(*argv, *common, python=python, code_root=code_root, timeout=opts.timeout), **extra}
             rows.append({**row, "side": side} if opts.baseline else row)
             what = argv[0] if argv[0] != "env" else "env ceiling"
+            what += f" x {row['runs']} runs ({row['run_batching']})" if "runs" in row else ""
             compiled = f", compiled in {row['compile_s']}s" if "compile_s" in row else ""
             print(f"{what} {argv[1]}{f' ({side})' if opts.baseline else ''}: {sps_cell(row)} steps/s{compiled}", flush=True)
             write_results(opts, rows)
 
+    if opts.num_seeds:  # many runs in one program, beside one run
+        for env_id in opts.env_ids:
+            for script in opts.scripts:
+                ours, _, source = paper_hparams(script, env_id) if opts.hparams == "paper" else ({}, [], "defaults")
+                for runs in opts.num_seeds:
+                    measure(script, env_id, json.dumps(ours), "--runs", str(runs), "--run-batching",
+                            opts.run_batching, values=source)
+        write_results(opts, rows, final=True)
+        return
     for env_id in opts.env_ids:
         measure("env", env_id)
         for script in opts.scripts:
@@ -406,7 +470,13 @@ def write_results(opts, rows: list[dict], final: bool = False) -> None:
     header = (f"Measured {time.strftime('%Y-%m-%d')} on {device} ({os.cpu_count()} cores, {cpu_model()}), "
               f"{opts.num_envs} envs x rollout {opts.rollout_length}, {opts.updates} updates per timed call.\n"
               f"Command: python benchmark/sps.py {' '.join(sys.argv[1:])}\n")
-    if getattr(opts, "baseline", None):
+    if getattr(opts, "num_seeds", None):
+        header += ("Aggregate steps/s of N runs in one program (every run's steps count); against N single runs "
+                   "one after another, whose aggregate is the 1-run figure of the same side. "
+                   + (f"Before: {opts.baseline} run by {opts.baseline_python}; after: {ROOT}.\n"
+                      if opts.baseline else "\n"))
+        text = header + "\n" + runs_table(rows, opts.scripts, opts.env_ids, opts.num_seeds) + "\n"
+    elif getattr(opts, "baseline", None):
         header += (f"Before: {opts.baseline} run by {opts.baseline_python}; after: {ROOT} run by {sys.executable}. "
                    "Spread: the slowest and fastest timed call of each figure.\n")
         text = header + "\n" + compare_table(rows, opts.scripts, opts.env_ids) + "\n"

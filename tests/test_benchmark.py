@@ -137,6 +137,35 @@ def test_aggregate_tables_and_plots(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 100
 
 
+def test_aggregate_turns_a_grid_into_per_point_tables_and_a_plot(tmp_path):
+    """A 2 x 2 delta x lambda grid of magpo_sable (its learner and guider per point) beside plain ippo: a row
+    per point with its values and CI, the best in bold, the learner's mean as a delta x alpha matrix; grid
+    points stay out of the suite comparison."""
+    import aggregate
+
+    runs_dir, out = str(tmp_path / "runs"), str(tmp_path / "results")
+    finals = {("0", "1.2"): 3.0, ("0", "inf"): 1.0, ("2", "1.2"): 7.0, ("2", "inf"): 5.0}
+    for (alpha, delta), final in finals.items():
+        for policy, shift in (("magpo_sable", 0.0), ("magpo_sable_guider", 10.0)):
+            write_run(runs_dir, f"{policy}-{alpha}-{delta}", "coordsum", "3x10", f"{policy}[alpha={alpha},delta={delta}]",
+                      [final + shift - 0.5, final + shift + 0.5], [[0, final + shift]] * 2)
+    write_run(runs_dir, "ippo", "coordsum", "3x10", "ippo", [2.0, 2.0], [[0, 2], [0, 2]])
+    aggregate.main([runs_dir, "--out", out, "--reps", "300"])
+    rows = {(r["algorithm"]): r for r in json.load(open(os.path.join(out, "grid.json")))}
+    assert rows["magpo_sable[alpha=2,delta=1.2]"]["point"] == {"alpha": "2", "delta": "1.2"}
+    assert rows["magpo_sable[alpha=2,delta=1.2]"]["mean"] == pytest.approx(7.0)
+    assert rows["magpo_sable_guider[alpha=0,delta=inf]"]["mean"] == pytest.approx(11.0)
+    text = open(os.path.join(out, "grid.md")).read()
+    learner = text.split("### coordsum 3x10: magpo_sable\n")[1].split("###")[0]
+    assert "| 2 | 1.2 | 2 | 200 | **7.00 [" in learner and learner.count("**") == 2  # the best point, alone
+    assert "| alpha \\ delta | 1.2 | inf |" in learner
+    assert "| 0 | 3.00 | 1.00 |" in learner and "| 2 | 7.00 | 5.00 |" in learner
+    assert [r["algorithm"] for r in json.load(open(os.path.join(out, "suites.json")))] == ["ippo"]
+    assert len(json.load(open(os.path.join(out, "tasks.json")))) == 9  # every point is a row there too
+    for name in ("coordsum__3x10__magpo_sable_grid.png", "coordsum__3x10__magpo_sable_guider_grid.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000
+
+
 def test_aggregate_skips_a_run_stopped_before_its_first_checkpoint(tmp_path, capsys):
     import aggregate
 

@@ -140,12 +140,13 @@ def test_runs_started_in_the_same_second_never_share_a_directory(script, tmp_pat
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(script):
     # coordsum-1000x1000: 1,000 agents, each seeing a 1,001-float view (id and target) and masking 1,000 actions
-    # per step; the global state holds the 1,000 agents' targets
-    args = script.Args(env_id="coordsum-1000x1000", num_seeds=10)
+    # per step; the global state holds the 1,000 agents' targets. 5 seeds x 2 grid points: 10 runs.
+    args = script.Args(env_id="coordsum-1000x1000", num_seeds=5, gamma=(0.9, 0.99))
     with pytest.raises(script.UsageError) as error:
         script.validate(args)
     text = str(error.value)
-    assert text.startswith("coordsum-1000x1000 with --num-envs 128 x --rollout-length 128 x --num-seeds 10 needs at least")
+    assert text.startswith("coordsum-1000x1000 with --num-envs 128 x --rollout-length 128 x --num-seeds 5 x 2 grid "
+                           "point(s) needs at least")
     need = 10 * 128 * 128 * (1000 * (4 * 1001 + 1000) + 4 * 1000)
     assert f"{need / 2**30:,.1f} GiB for its rollout alone" in text and "lower --num-envs" in text
 

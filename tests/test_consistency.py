@@ -32,8 +32,14 @@ LONG_BEGIN = "# Long runs: checkpoints, resuming, stopping, saved policies (iden
 LONG_END = "# End of the long-run helpers."
 
 
-@pytest.mark.parametrize("begin, end", [(BEGIN, END), (LEARNER_BEGIN, LEARNER_END), (LONG_BEGIN, LONG_END)],
-                         ids=["environment adapter", "learner network and distributions", "long-run helpers"])
+GRID_BEGIN = "# Many runs in one program: seeds and hyperparameter grids (identical in every script)"
+GRID_END = "# End of the grid helpers."
+
+
+@pytest.mark.parametrize("begin, end", [(BEGIN, END), (LEARNER_BEGIN, LEARNER_END), (LONG_BEGIN, LONG_END),
+                                        (GRID_BEGIN, GRID_END)],
+                         ids=["environment adapter", "learner network and distributions", "long-run helpers",
+                              "grid helpers"])
 def test_every_script_carries_the_same_text(begin, end):
     reference = section("ippo", begin, end)
     for name in SCRIPTS:

@@ -30,10 +30,10 @@ def read_metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
-# The fast suite runs every script on CoordSum and every suite with at least one script (on MPE the guided one,
-# whose continuous actions reach the guider's own Gaussian head too); the other 20 of the 30 pairs, a minute or two
+# The fast suite runs every script but mappo (which lbf and smax run) on CoordSum and every suite with at least one
+# script (on MPE the guided one, whose continuous actions reach the guider's own Gaussian head too); the other 21 of the 30 pairs, a minute or two
 # each on 2 cores, run with `-m slow`. The adapter is the same text in every script (test_consistency.py).
-FAST_PAIRS = {(script, "coordsum-3x10") for script in SCRIPTS} | {
+FAST_PAIRS = {(script, "coordsum-3x10") for script in SCRIPTS if script != "mappo"} | {
     ("ippo", "rware-tiny-2ag"), ("mappo", "lbf-2s-8x8-2p-2f-coop"), ("ippo", "con-5x5x3a"),
     ("magpo_sable", "mpe-simple_spread_3ag"), ("mappo", "smax-2s3z")}
 
@@ -96,11 +96,17 @@ def saved_policies_reproduce_the_absolute_metric(module, args, run_dir, summary)
 
 
 def test_seed_i_of_a_multi_seed_run_equals_a_single_run_with_that_seed(tmp_path):
-    _, _, both = run("ippo", "coordsum-3x10", tmp_path / "a", seed=7, save_model=False)
-    _, _, single = run("ippo", "coordsum-3x10", tmp_path / "b", seed=8, num_seeds=1, save_model=False)
-    for multi, alone in zip(read_metrics(both), read_metrics(single)):
-        np.testing.assert_allclose(multi["actor_loss"][1], alone["actor_loss"][0], rtol=1e-3, atol=1e-6)
-        assert multi["episode_return_mean"][1] == pytest.approx(alone["episode_return_mean"][0], rel=1e-4)
+    longer = dict(total_timesteps=16 * 4 * 8, num_evaluations=4, save_model=False)  # 16 updates
+    _, _, both = run("ippo", "coordsum-3x10", tmp_path / "a", seed=7, **longer)
+    _, _, single = run("ippo", "coordsum-3x10", tmp_path / "b", seed=8, num_seeds=1, **longer)
+    # On a CPU the runs are looped inside the program (--run-batching auto): the same operations, to the bit with
+    # XLA's default optimisation (tests/test_grid.py, from the command line); the fast suite compiles with the
+    # backend optimisation off, where the single run's one-trip loop rounds differently: equal to rounding.
+    assert len(read_metrics(single)) == 4
+    for multi, alone in zip(read_metrics(both), read_metrics(single), strict=True):
+        for key, values in alone.items():
+            if isinstance(values, list):
+                np.testing.assert_allclose(multi[key][1], values[0], rtol=1e-3, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("script, absurd_lr", [("ippo", dict(actor_lr=1e30, critic_lr=1e30)),

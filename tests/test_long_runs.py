@@ -57,10 +57,11 @@ def outputs(run_dir):
         return records, json.load(f)
 
 
-@pytest.mark.parametrize("script", ["ippo", "magpo_sable"])
-def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, tmp_path):
-    unbroken = start(script, flags(script, 4), tmp_path / "unbroken")
-    killed = start(script, flags(script, 4), tmp_path / "killed")
+@pytest.mark.parametrize("script, grid", [("ippo", ["--actor-lr", "0.001", "0.003"]), ("magpo_sable", [])],
+                         ids=["ippo, a grid of 2 points", "magpo_sable"])
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, grid, tmp_path):
+    unbroken = start(script, flags(script, 4) + grid, tmp_path / "unbroken")
+    killed = start(script, flags(script, 4) + grid, tmp_path / "killed")
     read_until(killed, "[  2/4]")  # the line comes after the checkpoint is written
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -75,7 +76,8 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, tmp
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resumed after checkpoint 2" in resumed.stdout
     (records, summary), (expected_records, expected_summary) = outputs(run_dir), outputs(only_run(tmp_path / "unbroken"))
-    assert [r["checkpoint"] for r in records] == [1, 2, 3, 4]
+    points = 2 if grid else 1  # a line per grid point and checkpoint
+    assert [r["checkpoint"] for r in records] == [c for c in (1, 2, 3, 4) for _ in range(points)]
     assert records == expected_records  # exactly: the resumed run computes what the unbroken one did
     assert summary == expected_summary
 
