@@ -171,15 +171,11 @@ def grid_rows(task_rows: list[dict]) -> dict:
     return dict(grids)
 
 
-def as_number(value: str) -> float:
-    return float(value)  # "inf" too
-
-
 def grid_markdown(grids: dict) -> str:
     lines = []
     for (suite, task, base), rows in sorted(grids.items()):
         flags = list(rows[0]["point"])
-        rows = sorted(rows, key=lambda r: [as_number(r["point"][f]) for f in flags])
+        rows = sorted(rows, key=lambda r: [float(r["point"][f]) for f in flags])
         best = max(rows, key=lambda r: r["mean"])
         lines += [f"### {suite} {task}: {base}", "",
                   "| " + " | ".join(flags) + " | seeds | steps per seed | final score (95% CI) |",
@@ -189,8 +185,8 @@ def grid_markdown(grids: dict) -> str:
             lines.append("| " + " | ".join(r["point"][f] for f in flags) + f" | {r['seeds']} | {r['steps']:,} | "
                          + (f"**{score}**" if r is best else score) + " |")
         if len(flags) == 2:  # the matrix a delta x lambda sweep is read from
-            first = sorted({r["point"][flags[0]] for r in rows}, key=as_number)
-            second = sorted({r["point"][flags[1]] for r in rows}, key=as_number)
+            first = sorted({r["point"][flags[0]] for r in rows}, key=float)
+            second = sorted({r["point"][flags[1]] for r in rows}, key=float)
             means = {(r["point"][flags[0]], r["point"][flags[1]]): r["mean"] for r in rows}
             lines += ["", f"Mean final score, {flags[0]} (rows) x {flags[1]} (columns):", "",
                       f"| {flags[0]} \\ {flags[1]} | " + " | ".join(second) + " |",
@@ -211,11 +207,11 @@ def plot_grids(runs: dict, grids: dict, out: str) -> list[str]:
     files = []
     for (suite, task, base), rows in sorted(grids.items()):
         flags = list(rows[0]["point"])
-        rows = sorted(rows, key=lambda r: [as_number(r["point"][f]) for f in flags])
+        rows = sorted(rows, key=lambda r: [float(r["point"][f]) for f in flags])
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
         if len(flags) == 2:
-            first = sorted({r["point"][flags[0]] for r in rows}, key=as_number)
-            second = sorted({r["point"][flags[1]] for r in rows}, key=as_number)
+            first = sorted({r["point"][flags[0]] for r in rows}, key=float)
+            second = sorted({r["point"][flags[1]] for r in rows}, key=float)
             matrix = np.full((len(first), len(second)), np.nan)
             for r in rows:
                 matrix[first.index(r["point"][flags[0]]), second.index(r["point"][flags[1]])] = r["mean"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import glob
 import gzip
 import importlib
@@ -46,7 +47,7 @@ def kind(name: str) -> str | None:
 def profile(module, args, runs: int) -> dict:
     import jax
 
-    args = __import__("dataclasses").replace(args, num_seeds=runs, run_batching="vmap")
+    args = dataclasses.replace(args, num_seeds=runs, run_batching="vmap")
     trainer = module.make_train(args, module.validate(args))
     keys, hp = module.run_inputs(args)
     runner = jax.jit(module.over_runs(trainer.init, args, (0, 0)))(keys, hp)
