@@ -1291,9 +1291,10 @@ def main(args: Args) -> str | dict:
         rate = (updates_done - first * trainer.num_updates_per_eval) / max(time.time() - train_start, 1e-9)
         ended = latest is not None and np.sum(latest["train_episodes"]) > 0
         returns = f"{np.mean(latest['train_episode_return']):.3f}" if ended else "-"
+        # Before the first update has finished (one can outlast --progress-seconds) there is no rate yet.
+        eta = format_duration((total_updates - updates_done) / rate) if rate > 0 else "-"
         print(f"      step {updates_done * steps_per_update:>11,} | {rate * steps_per_update:>9,.0f} sps | "
-              f"training return {returns} | ETA {format_duration((total_updates - updates_done) / rate)}",
-              flush=True)
+              f"training return {returns} | ETA {eta}", flush=True)
 
     try:
         for i in range(first, args.num_evaluations):

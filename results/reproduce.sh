@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
 # Every run behind results/, then the tables and plots. Resumable: a run whose benchmark.json is
-# already in results/runs/ (written when a run finishes) is skipped, so the job can be stopped and
-# started again. On the 2-core CPU this was made on, CoordSum-3x10's seven runs took 1 h 43 min.
-#   bash results/reproduce.sh            # runs, then aggregation
-#   bash results/reproduce.sh aggregate  # tables and plots from the runs already there
+# already in its runs folder (written when a run finishes) is skipped, so the job can be stopped and
+# started again.
+#   bash results/reproduce.sh            # both parts below, runs then tables and plots
+#   bash results/reproduce.sh gap        # part 1 only: "The imitation gap at CPU scale" (results/gap/)
+#   bash results/reproduce.sh budget     # part 2 only: the paper's tasks at 1% of its budget (results/runs/)
+#   bash results/reproduce.sh aggregate  # the tables and plots of both parts from the runs already there
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=results/runs
-SEEDS=3
-# The paper trains 20M steps per seed; on 2 CPU cores that is days per configuration, so every run
-# here uses the same reduced budget, 12 updates of 128 envs x 128 steps = 196,608 steps per seed,
-# with an evaluation after every 2 updates.
-BUDGET=(--total-timesteps 196608 --num-evaluations 6 --num-seeds "$SEEDS" --output-dir "$RUNS")
+PART="${1:-all}"
+case "$PART" in all|gap|budget|aggregate) ;; *) echo "usage: bash results/reproduce.sh [gap|budget|aggregate]" >&2; exit 2;; esac
 
-finished() {  # finished SCRIPT ENV_ID PLAIN -> success if that run is already in $RUNS
-  python - "$RUNS" "$@" <<'PY'
+finished() {  # finished RUNS SCRIPT ENV_ID PLAIN -> success if that run is already in RUNS
+  python - "$@" <<'PY'
 import glob, json, sys
 runs, script, env_id, plain = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "plain"
 done = any(json.load(open(p)).get("script") == script and json.load(open(p)).get("env_id") == env_id
@@ -23,17 +21,63 @@ sys.exit(0 if done else 1)
 PY
 }
 
+drop_unfinished() {  # a run stopped halfway leaves a folder without benchmark.json: drop it, or it would be pooled
+  for dir in "$1"/*/; do
+    if [ -d "$dir" ] && [ ! -f "$dir/benchmark.json" ]; then echo "removing unfinished $dir"; rm -rf "$dir"; fi
+  done
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Part 1, "The imitation gap at CPU scale" (results/README.md's first section, results/gap/). CoordSum sizes small
+# enough to converge on 2 cores, 5 seeds, every script at its defaults (the paper's Tables 2-3) with one rule
+# shared by every method: 32 environments instead of 128 (4x the updates per step). Plain Sable is not run apart:
+# with --delta inf --alpha 0 magpo_sable.py computes what ctds.py computes (tests/test_ctds.py), so CTDS's teacher
+# is the Sable row. About 80 minutes on 2 cores.
+GAP=results/gap
+GAP_BUDGET=(--num-envs 32 --num-seeds 5 --num-evaluations 12 --output-dir "$GAP/runs")
+gap_runs() {
+  drop_unfinished "$GAP/runs"
+  local task steps script
+  for task in coordsum-2x4:393216 coordsum-2x3:294912; do
+    steps="${task#*:}" task="${task%%:*}"
+    for script in ctds magpo_sable ippo mappo; do
+      if finished "$GAP/runs" "$script" "$task" guided; then echo "have $script $task"; continue; fi
+      # --save-model keeps the centralised policies, which results/joint_policy.py reads
+      python benchmark/run.py "$script" "$task" "${GAP_BUDGET[@]}" --total-timesteps "$steps" \
+        $([ "$script" = ctds ] || [ "$script" = magpo_sable ] && echo --save-model)
+    done
+  done
+}
+gap_tables() {
+  python benchmark/aggregate.py "$GAP/runs" --out "$GAP"
+  python results/gap_report.py "$GAP/runs" --out "$GAP"
+  local dir name
+  for dir in "$GAP"/runs/*__ctds__*/ "$GAP"/runs/*__magpo_sable__*/; do
+    [ -d "$dir" ] || continue
+    name="$(python -c "import json,sys; a=json.load(open(sys.argv[1])); print(a['env_id'].split('-')[1] + '_' + a['algorithm'])" \
+      "$dir/args.json")"  # e.g. 2x4_ctds
+    python results/joint_policy.py "$dir" --out "$GAP/joint_policy_$name.md"
+  done
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Part 2: the paper's tasks at 1% of its budget (results/runs/, the sections below the first in results/README.md).
+RUNS=results/runs
+SEEDS=3
+# The paper trains 20M steps per seed; on 2 CPU cores that is days per configuration, so every run
+# here uses the same reduced budget, 12 updates of 128 envs x 128 steps = 196,608 steps per seed,
+# with an evaluation after every 2 updates. On the 2-core CPU this was made on, CoordSum-3x10's seven runs
+# took 1 h 43 min.
+BUDGET=(--total-timesteps 196608 --num-evaluations 6 --num-seeds "$SEEDS" --output-dir "$RUNS")
+
 run() {  # run SCRIPT ENV_ID [plain]
   local plain="${3:-}"
-  if finished "$1" "$2" "${plain:-guided}"; then echo "have $1 $2 $plain"; return; fi
+  if finished "$RUNS" "$1" "$2" "${plain:-guided}"; then echo "have $1 $2 $plain"; return; fi
   python benchmark/run.py "$1" "$2" ${plain:+--plain} "${BUDGET[@]}"
 }
 
-if [ "${1:-}" != aggregate ]; then
-  # A run stopped halfway leaves a folder without benchmark.json; drop it, or aggregate.py would pool it.
-  for dir in "$RUNS"/*/; do
-    if [ -d "$dir" ] && [ ! -f "$dir/benchmark.json" ]; then echo "removing unfinished $dir"; rm -rf "$dir"; fi
-  done
+budget_runs() {
+  drop_unfinished "$RUNS"
   # CoordSum-3x10 first (the paper's headline task), then one task of every other suite for
   # magpo_sable and mappo, then the other three CoordSum tasks.
   for task in coordsum-3x10; do
@@ -50,5 +94,14 @@ if [ "${1:-}" != aggregate ]; then
     run magpo_mat "$task" plain
     run magpo_sable "$task" plain
   done
-fi
-python benchmark/aggregate.py "$RUNS" --out results
+}
+budget_tables() {
+  python benchmark/aggregate.py "$RUNS" --out results
+}
+
+case "$PART" in
+  gap) gap_runs; gap_tables ;;
+  budget) budget_runs; budget_tables ;;
+  aggregate) gap_tables; budget_tables ;;
+  all) gap_runs; gap_tables; budget_runs; budget_tables ;;
+esac

@@ -69,7 +69,7 @@ def test_the_scripts_list_the_registered_coordsum_tasks():
         assert importlib.import_module(name)._COORDSUM == tuple(coordsum.TASK_MAXVAL)
 
 
-@pytest.mark.parametrize("env_id", ["coordsum-3x10", "con-5x5x3a"])
+@pytest.mark.parametrize("env_id", ["coordsum-3x10", pytest.param("con-5x5x3a", marks=pytest.mark.slow)])
 def test_adapters_give_identical_timesteps(env_id):
     outputs = []
     for name in SCRIPTS:

@@ -48,10 +48,10 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "split": split, "un
 
 
 @pytest.mark.parametrize("script, env_id", [("ippo", "coordsum-3x10"), ("mappo", "coordsum-3x10"),
-                                            ("magpo_sable", "coordsum-3x10"),
+                                            # the guided scripts (the guider's state sharded too): opt-in, for CI time
+                                            pytest.param("magpo_sable", "coordsum-3x10", marks=pytest.mark.slow),
                                             # RWARE's sharded grid state: 3 minutes on 2 cores, so opt-in
                                             pytest.param("magpo_sable", "rware-tiny-2ag", marks=pytest.mark.slow),
-                                            # the guided scripts' sharding is magpo_sable's text: opt-in, for CI time
                                             pytest.param("ctds", "coordsum-3x10", marks=pytest.mark.slow),
                                             pytest.param("magpo_mat", "coordsum-3x10", marks=pytest.mark.slow)])
 def test_two_devices_split_the_environments_and_match_one_device(script, env_id):

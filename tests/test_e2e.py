@@ -30,11 +30,11 @@ def read_metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
-# The fast suite runs every script but mappo (which lbf and smax run) on CoordSum and every suite with at least one
-# script (on MPE the guided one, whose continuous actions reach the guider's own Gaussian head too); the other 21 of the 30 pairs, a minute or two
-# each on 2 cores, run with `-m slow`. The adapter is the same text in every script (test_consistency.py).
+# The fast suite runs every script but mappo on CoordSum, the guided magpo_sable on MPE (continuous actions, which
+# reach the guider's own Gaussian head too) and mappo on SMAX (action masks, wins); the other 24 of the 30 pairs, a
+# minute or two each on 2 cores, run with `-m slow`. The adapter is the same text in every script
+# (test_consistency.py) and test_adapter.py steps every suite.
 FAST_PAIRS = {(script, "coordsum-3x10") for script in SCRIPTS if script != "mappo"} | {
-    ("ippo", "rware-tiny-2ag"), ("mappo", "lbf-2s-8x8-2p-2f-coop"), ("ippo", "con-5x5x3a"),
     ("magpo_sable", "mpe-simple_spread_3ag"), ("mappo", "smax-2s3z")}
 
 
@@ -109,9 +109,11 @@ def test_seed_i_of_a_multi_seed_run_equals_a_single_run_with_that_seed(tmp_path)
                 np.testing.assert_allclose(multi[key][1], values[0], rtol=1e-3, atol=1e-6, err_msg=key)
 
 
+# ippo and magpo_sable in the fast suite; the guard is the same text in every script (test_consistency.py).
 @pytest.mark.parametrize("script, absurd_lr", [("ippo", dict(actor_lr=1e30, critic_lr=1e30)),
-                                               ("magpo_sable", dict(lr=1e30)), ("ctds", dict(lr=1e30)),
-                                               ("magpo_mat", dict(lr=1e30))])
+                                               ("magpo_sable", dict(lr=1e30)),
+                                               pytest.param("ctds", dict(lr=1e30), marks=pytest.mark.slow),
+                                               pytest.param("magpo_mat", dict(lr=1e30), marks=pytest.mark.slow)])
 def test_non_finite_loss_stops_with_message_and_keeps_metrics(script, absurd_lr, tmp_path, capsys):
     # An absurd learning rate blows the networks up within a few updates.
     with pytest.raises(SystemExit) as stop:

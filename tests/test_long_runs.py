@@ -57,7 +57,8 @@ def outputs(run_dir):
         return records, json.load(f)
 
 
-@pytest.mark.parametrize("script, grid", [("ippo", ["--actor-lr", "0.001", "0.003"]), ("magpo_sable", [])],
+@pytest.mark.parametrize("script, grid", [("ippo", ["--actor-lr", "0.001", "0.003"]),
+                                          pytest.param("magpo_sable", [], marks=pytest.mark.slow)],  # CI time
                          ids=["ippo, a grid of 2 points", "magpo_sable"])
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, grid, tmp_path):
     unbroken = start(script, flags(script, 4) + grid, tmp_path / "unbroken")
@@ -80,6 +81,20 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, gri
     assert [r["checkpoint"] for r in records] == [c for c in (1, 2, 3, 4) for _ in range(points)]
     assert records == expected_records  # exactly: the resumed run computes what the unbroken one did
     assert summary == expected_summary
+
+
+def test_a_progress_line_before_the_first_update_finishes_has_no_eta_yet(tmp_path):
+    """An update slower than --progress-seconds: the line printed while the first one runs has no rate to
+    estimate from (a run of 5 seeds crashed here dividing by zero)."""
+    run = subprocess.run([sys.executable, "ippo.py", *TINY[:2], "--num-envs", "64", "--rollout-length", "128",
+                          "--layer-size", "16", "--gru-size", "16", "--num-evaluations", "1",
+                          "--total-timesteps", str(2 * 64 * 128), "--progress-seconds", "0.01",
+                          "--output-dir", str(tmp_path)],
+                         cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "training return - | ETA -" in run.stdout  # printed while the first update was still running
+    assert "[  1/1]" in run.stdout
 
 
 def test_ctrl_c_stops_within_an_update_and_leaves_a_resumable_run(tmp_path):

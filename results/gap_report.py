@@ -1,0 +1,280 @@
+"""The imitation gap at CPU scale: per-seed table, plateau check, the paper's three claims with bootstrap CIs,
+and the learning curves, from the runs of `bash results/reproduce.sh gap`.
+
+    python results/gap_report.py results/gap/runs --out results/gap
+
+Reads every run folder below RUNS (summary.json, metrics.jsonl, benchmark.json) and writes, per task:
+  gap_<task>.md / .json   the per-seed table and the claims, each with its verdict;
+  gap_<task>.png          every policy's mean curve over seeds (shaded: its 95% bootstrap CI), learners and
+                          students solid, guiders and teachers dashed, the uniform policy dotted.
+The verdicts are mechanical: a difference whose 95% bootstrap CI (seeds resampled within each method, 10,000
+times) lies above 0 "holds", below 0 "does not hold", and one whose CI straddles 0 is "not resolved"
+(for "at or above" claims: "level").
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+sys.path.insert(0, os.path.join(ROOT, "results"))
+from aggregate import curve, final_score  # noqa: E402
+
+METRIC = "episode_return"
+# The policies compared: (the run's script, plain or not, summary.json's name) -> how the tables say it.
+POLICIES = {
+    ("magpo_sable", False, "magpo_sable"): "MAGPO learner",
+    ("magpo_sable", False, "magpo_sable_guider"): "MAGPO guider",
+    ("ctds", False, "ctds"): "CTDS student",
+    ("ctds", False, "ctds_guider"): "CTDS teacher",
+    ("magpo_sable", True, "magpo_sable_guider"): "Sable",
+    ("ippo", False, "ippo"): "IPPO",
+    ("mappo", False, "mappo"): "MAPPO",
+}
+CENTRALISED = {"MAGPO guider", "CTDS teacher", "Sable"}
+REPS = 10_000
+
+
+def load(runs_dir: str) -> dict:
+    """-> {env_id: {policy: {"runs": per-seed summary dicts, "outside_band": per-seed mean or None}}}."""
+    tasks: dict = {}
+    for summary_path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
+        run_dir = os.path.dirname(summary_path)
+        info_path = os.path.join(run_dir, "benchmark.json")
+        if not os.path.exists(info_path):
+            continue  # unfinished: benchmark/run.py writes benchmark.json last
+        info = json.load(open(info_path))
+        records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+        for suite, by_task in json.load(open(summary_path)).items():
+            for algorithm, seeds in next(iter(by_task.values())).items():
+                name = POLICIES.get((info["script"], info["plain"], algorithm))
+                if name is None:
+                    continue
+                band = None
+                if (
+                    name == "MAGPO learner"
+                ):  # the share of probability ratios outside [1/delta, delta], per seed
+                    band = np.mean([r["outside_band"] for r in records if "outside_band" in r], axis=0)
+                tasks.setdefault(info["env_id"], {})[name] = {
+                    "runs": list(seeds.values()),
+                    "outside_band": band,
+                }
+    return tasks
+
+
+def bootstrap_mean_difference(a, b=None, reps: int = REPS, seed: int = 0) -> tuple[float, float, float]:
+    """mean(a) - mean(b) (or mean(a)), 95% percentile bootstrap CI, seeds resampled within each group."""
+    rng = np.random.default_rng(seed)
+    a = np.asarray(a, float)
+    draws = a[rng.integers(0, len(a), (reps, len(a)))].mean(1)
+    point = a.mean()
+    if b is not None:
+        b = np.asarray(b, float)
+        draws = draws - b[rng.integers(0, len(b), (reps, len(b)))].mean(1)
+        point -= b.mean()
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(point), float(low), float(high)
+
+
+def verdict(low: float, high: float, at_or_above: bool) -> str:
+    if low > 0:
+        return "holds" if not at_or_above else "holds (above)"
+    if high < 0:
+        return "does not hold"
+    return "holds (level)" if at_or_above else "not resolved"
+
+
+def claims(scores: dict) -> list[dict]:
+    """The paper's three claims (Sec. 3 and Table 1's CoordSum block) on per-seed final scores."""
+    out = []
+
+    def add(text, a, b, at_or_above):
+        point, low, high = bootstrap_mean_difference(a, b)
+        out.append(
+            {
+                "claim": text,
+                "difference": point,
+                "ci_low": low,
+                "ci_high": high,
+                "verdict": verdict(low, high, at_or_above),
+            }
+        )
+
+    if {"CTDS teacher", "CTDS student", "MAGPO guider", "MAGPO learner"} <= scores.keys():
+        ctds_gap = np.subtract(scores["CTDS teacher"], scores["CTDS student"])
+        magpo_gap = np.subtract(scores["MAGPO guider"], scores["MAGPO learner"])
+        add(
+            "CTDS's student ends below its teacher by more than MAGPO's learner ends below its guider "
+            "(teacher - student) - (guider - learner)",
+            ctds_gap,
+            magpo_gap,
+            False,
+        )
+    if {"MAGPO learner", "CTDS student"} <= scores.keys():
+        add(
+            "MAGPO's learner ends at or above CTDS's student (learner - student)",
+            scores["MAGPO learner"],
+            scores["CTDS student"],
+            True,
+        )
+    for other in ("IPPO", "MAPPO"):
+        if {"MAGPO learner", other} <= scores.keys():
+            add(
+                f"MAGPO's learner ends at or above {other} (learner - {other})",
+                scores["MAGPO learner"],
+                scores[other],
+                True,
+            )
+    return out
+
+
+def plateau(policy: dict) -> dict:
+    """Is the policy still learning? The spread of its last three checkpoints' means over seeds, against the
+    standard error of the mean over seeds at the last checkpoint."""
+    curves = np.array([curve(run, METRIC)[1] for run in policy["runs"]])  # [seeds, checkpoints]
+    last3 = curves[:, -3:].mean(0)
+    stderr = curves[:, -1].std(ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else float("nan")
+    spread = float(last3.max() - last3.min())
+    return {
+        "last3": last3.tolist(),
+        "spread": spread,
+        "stderr": float(stderr),
+        "plateau": bool(spread <= 2 * stderr),
+    }
+
+
+def uniform_score(env_id: str) -> float:
+    from uniform_coordsum import uniform_return
+
+    return uniform_return(env_id)[0]
+
+
+def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
+    order = [name for name in POLICIES.values() if name in policies]
+    scores = {name: [final_score(run, METRIC) for run in policies[name]["runs"]] for name in order}
+    seeds = min(len(s) for s in scores.values())
+    lines = [
+        f"### {env_id}: per seed",
+        "",
+        f"Final score (absolute metric: the best checkpoint's parameters re-evaluated) per seed; the uniform "
+        f"random policy scores {uniform:.2f}.",
+        "",
+        "| seed | " + " | ".join(order) + " | MAGPO gap (guider - learner) | CTDS gap (teacher - student) | "
+        "MAGPO outside band |",
+        "| ---: |" + " ---: |" * (len(order) + 3),
+    ]
+    band = policies.get("MAGPO learner", {}).get("outside_band")
+    for s in range(seeds):
+        cells = [f"{scores[name][s]:.2f}" for name in order]
+        gaps = [
+            f"{scores[c][s] - scores[d][s]:.2f}" if {c, d} <= scores.keys() else ""
+            for c, d in (("MAGPO guider", "MAGPO learner"), ("CTDS teacher", "CTDS student"))
+        ]
+        cells += gaps + [f"{band[s]:.1%}" if band is not None else ""]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"### {env_id}: mean over {seeds} seeds [95% bootstrap CI] and the plateau check",
+        "",
+        "| policy | final score | last 3 checkpoints (mean over seeds) | spread | 2 x std. error | plateau |",
+        "| --- | --- | --- | ---: | ---: | --- |",
+    ]
+    plateaus = {}
+    for name in order:
+        mean, low, high = bootstrap_mean_difference(scores[name])
+        plateaus[name] = plateau(policies[name])
+        p = plateaus[name]
+        lines.append(
+            f"| {name} | {mean:.2f} [{low:.2f}, {high:.2f}] | {', '.join(f'{x:.1f}' for x in p['last3'])} | "
+            f"{p['spread']:.2f} | {2 * p['stderr']:.2f} | {'yes' if p['plateau'] else 'no'} |"
+        )
+    found = claims(scores)
+    lines += [
+        "",
+        f"### {env_id}: the paper's claims",
+        "",
+        "| claim | difference [95% bootstrap CI] | verdict |",
+        "| --- | --- | --- |",
+    ]
+    for c in found:
+        lines.append(
+            f"| {c['claim']} | {c['difference']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] | "
+            f"**{c['verdict']}** |"
+        )
+    data = {
+        "env_id": env_id,
+        "uniform": uniform,
+        "scores": scores,
+        "plateau": plateaus,
+        "claims": found,
+        "outside_band": None if band is None else band.tolist(),
+    }
+    return "\n".join(lines) + "\n", data
+
+
+def plot(env_id: str, policies: dict, uniform: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {
+        "MAGPO": "tab:red",
+        "CTDS": "tab:blue",
+        "Sable": "tab:purple",
+        "IPPO": "tab:green",
+        "MAPPO": "tab:orange",
+    }
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    rng = np.random.default_rng(0)
+    for name in (n for n in POLICIES.values() if n in policies):
+        steps = curve(policies[name]["runs"][0], METRIC)[0]
+        curves = np.array([curve(run, METRIC)[1] for run in policies[name]["runs"]])
+        draws = curves[rng.integers(0, len(curves), (2000, len(curves)))].mean(1)
+        low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+        colour = colours[name.split()[0]]
+        ax.plot(steps, curves.mean(0), color=colour, ls="--" if name in CENTRALISED else "-", label=name)
+        ax.fill_between(steps, low, high, color=colour, alpha=0.15)
+    ax.axhline(uniform, color="grey", ls=":", label="uniform random")
+    ax.set_xlabel("environment steps per seed")
+    ax.set_ylabel("evaluation return")
+    ax.set_title(f"{env_id}: solid = decentralised, dashed = centralised")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs_dir")
+    parser.add_argument("--out", required=True)
+    opts = parser.parse_args(argv)
+    tasks = load(opts.runs_dir)
+    if not tasks:
+        sys.exit(f"error: no finished run (with benchmark.json) below {opts.runs_dir}")
+    os.makedirs(opts.out, exist_ok=True)
+    results = {}
+    for env_id, policies in sorted(tasks.items()):
+        uniform = uniform_score(env_id)
+        text, data = report(env_id, policies, uniform)
+        task = env_id.removeprefix("coordsum-")
+        with open(os.path.join(opts.out, f"gap_{task}.md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(opts.out, f"gap_{task}.json"), "w") as f:
+            json.dump(data, f, indent=1)
+        plot(env_id, policies, uniform, os.path.join(opts.out, f"gap_{task}.png"))
+        print(text)
+        results[env_id] = data
+    return results
+
+
+if __name__ == "__main__":
+    main()
