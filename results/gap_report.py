@@ -8,8 +8,8 @@ Reads every run folder below RUNS (summary.json, metrics.jsonl, benchmark.json) 
   gap_<task>.png          every policy's mean curve over seeds (shaded: its 95% bootstrap CI), learners and
                           students solid, guiders and teachers dashed, the uniform policy dotted.
 The verdicts are mechanical: a difference whose 95% bootstrap CI (seeds resampled within each method, 10,000
-times) lies above 0 "holds", below 0 "does not hold", and one whose CI straddles 0 is "not resolved"
-(for "at or above" claims: "level").
+times) lies above 0 "holds", below 0 "does not hold", and one whose CI includes 0 is "not resolved (CI
+includes 0)": these seeds cannot tell the two apart, which is not the same as showing them level.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ REPS = 10_000
 
 
 def load(runs_dir: str) -> dict:
-    """-> {env_id: {policy: {"runs": per-seed summary dicts, "outside_band": per-seed mean or None}}}."""
+    """-> {env_id: {policy: {"runs": per-seed summary dicts, "outside_band": per-seed means (MAGPO's learner)}}}."""
     tasks: dict = {}
     for summary_path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
         run_dir = os.path.dirname(summary_path)
@@ -57,15 +57,16 @@ def load(runs_dir: str) -> dict:
                 name = POLICIES.get((info["script"], info["plain"], algorithm))
                 if name is None:
                     continue
-                band = None
+                # Several runs of one method on one task pool their seeds, as aggregate.py pools them.
+                entry = tasks.setdefault(info["env_id"], {}).setdefault(
+                    name, {"runs": [], "outside_band": []}
+                )
+                entry["runs"] += list(seeds.values())
                 if (
                     name == "MAGPO learner"
                 ):  # the share of probability ratios outside [1/delta, delta], per seed
                     band = np.mean([r["outside_band"] for r in records if "outside_band" in r], axis=0)
-                tasks.setdefault(info["env_id"], {})[name] = {
-                    "runs": list(seeds.values()),
-                    "outside_band": band,
-                }
+                    entry["outside_band"] += [float(x) for x in band]
     return tasks
 
 
@@ -83,19 +84,19 @@ def bootstrap_mean_difference(a, b=None, reps: int = REPS, seed: int = 0) -> tup
     return float(point), float(low), float(high)
 
 
-def verdict(low: float, high: float, at_or_above: bool) -> str:
+def verdict(low: float, high: float) -> str:
     if low > 0:
-        return "holds" if not at_or_above else "holds (above)"
+        return "holds"
     if high < 0:
         return "does not hold"
-    return "holds (level)" if at_or_above else "not resolved"
+    return "not resolved (CI includes 0)"
 
 
 def claims(scores: dict) -> list[dict]:
     """The paper's three claims (Sec. 3 and Table 1's CoordSum block) on per-seed final scores."""
     out = []
 
-    def add(text, a, b, at_or_above):
+    def add(text, a, b):
         point, low, high = bootstrap_mean_difference(a, b)
         out.append(
             {
@@ -103,7 +104,7 @@ def claims(scores: dict) -> list[dict]:
                 "difference": point,
                 "ci_low": low,
                 "ci_high": high,
-                "verdict": verdict(low, high, at_or_above),
+                "verdict": verdict(low, high),
             }
         )
 
@@ -115,14 +116,12 @@ def claims(scores: dict) -> list[dict]:
             "(teacher - student) - (guider - learner)",
             ctds_gap,
             magpo_gap,
-            False,
         )
     if {"MAGPO learner", "CTDS student"} <= scores.keys():
         add(
             "MAGPO's learner ends at or above CTDS's student (learner - student)",
             scores["MAGPO learner"],
             scores["CTDS student"],
-            True,
         )
     for other in ("IPPO", "MAPPO"):
         if {"MAGPO learner", other} <= scores.keys():
@@ -130,7 +129,6 @@ def claims(scores: dict) -> list[dict]:
                 f"MAGPO's learner ends at or above {other} (learner - {other})",
                 scores["MAGPO learner"],
                 scores[other],
-                True,
             )
     return out
 
@@ -170,7 +168,7 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
         "MAGPO outside band |",
         "| ---: |" + " ---: |" * (len(order) + 3),
     ]
-    band = policies.get("MAGPO learner", {}).get("outside_band")
+    band = policies.get("MAGPO learner", {}).get("outside_band") or None
     for s in range(seeds):
         cells = [f"{scores[name][s]:.2f}" for name in order]
         gaps = [
@@ -214,7 +212,7 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
         "scores": scores,
         "plateau": plateaus,
         "claims": found,
-        "outside_band": None if band is None else band.tolist(),
+        "outside_band": band,
     }
     return "\n".join(lines) + "\n", data
 

@@ -19,10 +19,12 @@ target and the opponent's current guess of agent 0:
     expected reward = sum over joint actions a of  prob(a) * [sum(a) == target] * (2 if a_0 != guess else 1)
 
 Summed over an episode this is the expected return of the joint policy (its evaluation score, up to
-sampling noise) and of its best factorised imitation on the same states: the gap between the two is the
-part of the centralised policy no decentralised student can copy (Section 3 of the paper). The factorised
-figure is scored on the centralised policy's own trajectory (same targets and opponent history), not on
-the trajectory the student would make, which is why it is a bound on the student, not a prediction of it.
+sampling noise; the analysis samples, as the evaluation does unless --evaluation-greedy) and of its best
+factorised imitation on the same states: the gap between the two is the part of the centralised policy that
+distillation into a decentralised student cannot keep (Section 3 of the paper). The factorised figure is
+scored on the centralised policy's own trajectory (same targets and opponent history), not on the one a
+student would make: it is the limit of pure distillation on those states, not a prediction of a student's
+score.
 The per-target table shows how: the centralised policy completes the sum (P(hit) near 1) while agent 0
 randomises (its marginal's entropy > 0); the product of marginals then misses the sum.
 """
@@ -46,6 +48,10 @@ from flax import serialization
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import coordsum  # noqa: E402
+
+
+# Every joint action is scored at every step of every episode: [steps, episodes, K] arrays.
+MAX_JOINT_ACTIONS = 4096
 
 
 class Forced(NamedTuple):
@@ -95,15 +101,30 @@ def load_run(run_dir: str):
         )
     if not saved["env_id"].startswith("coordsum-"):
         sys.exit(f"error: {run_dir} ran {saved['env_id']}; this analysis is for CoordSum tasks")
+    num_agents, num_actions, _ = coordsum.parse_task(saved["env_id"].removeprefix("coordsum-"))
+    if num_actions**num_agents > MAX_JOINT_ACTIONS:
+        sys.exit(
+            f"error: {saved['env_id']} has {num_actions**num_agents:,} joint actions; this analysis "
+            f"enumerates them all at every step and stops at {MAX_JOINT_ACTIONS:,} (e.g. 2x4, 2x3, 3x5)"
+        )
+    info = os.path.join(run_dir, "benchmark.json")  # benchmark/run.py's, where it made the run
+    plain = os.path.exists(info) and json.load(open(info)).get("plain", False)
+    if plain or (
+        algorithm == "magpo_sable" and saved.get("delta") == float("inf") and saved.get("alpha") == 0
+    ):
+        algorithm = "sable"  # magpo_sable.py --delta inf --alpha 0: its guider is plain Sable
     module = importlib.import_module(algorithm)
     names = {f.name for f in dataclasses.fields(module.Args)}
     args = module.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
     path = os.path.join(run_dir, "guider_best.msgpack")
     if not os.path.exists(path):
-        sys.exit(f"error: {path} is missing: train the run with --save-model")
+        sys.exit(
+            f"error: {path} is missing: train the run with --save-model (a grid's per-point files are not "
+            "read here: run the point alone)"
+        )
     with open(path, "rb") as f:
         params = jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
-    return module, args, params
+    return module, args, params, algorithm
 
 
 class Analysis(NamedTuple):
@@ -160,7 +181,7 @@ def make_analysis(module, args, env) -> Analysis:
 
 
 def analyse(run_dir: str, episodes: int = 32, seed: int = 0) -> dict:
-    module, args, params = load_run(run_dir)
+    module, args, params, algorithm = load_run(run_dir)
     env = module.make_env(args.env_id)
     analysis = make_analysis(module, args, env)
     joints = analysis.joints
@@ -202,7 +223,7 @@ def analyse(run_dir: str, episodes: int = 32, seed: int = 0) -> dict:
             row[name] /= row["steps"]
     return {
         "run_dir": run_dir,
-        "algorithm": module.ALGORITHM,
+        "algorithm": algorithm,
         "env_id": args.env_id,
         "episodes": episodes,
         "per_seed": per_seed,
@@ -213,7 +234,9 @@ def analyse(run_dir: str, episodes: int = 32, seed: int = 0) -> dict:
 
 
 def markdown(result: dict) -> str:
-    role = "CTDS teacher" if result["algorithm"] == "ctds" else "MAGPO guider"
+    role = {"ctds": "CTDS teacher", "magpo_sable": "MAGPO guider", "sable": "plain Sable"}[
+        result["algorithm"]
+    ]
     seeds = result["per_seed"]
     lines = [
         f"{role} of `{result['run_dir']}` ({result['env_id']}), {result['episodes']} episodes per seed, "

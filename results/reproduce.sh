@@ -49,6 +49,7 @@ gap_runs() {
   done
 }
 gap_tables() {
+  if ! compgen -G "$GAP/runs/*/benchmark.json" > /dev/null; then echo "no finished runs in $GAP/runs: skipping"; return; fi
   python benchmark/aggregate.py "$GAP/runs" --out "$GAP"
   python results/gap_report.py "$GAP/runs" --out "$GAP"
   local dir name
@@ -96,6 +97,7 @@ budget_runs() {
   done
 }
 budget_tables() {
+  if ! compgen -G "$RUNS/*/benchmark.json" > /dev/null; then echo "no finished runs in $RUNS: skipping"; return; fi
   python benchmark/aggregate.py "$RUNS" --out results
 }
 

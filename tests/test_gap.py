@@ -54,22 +54,37 @@ def test_enumerated_joint_policy_is_the_policy_that_acts(script):
     keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
     params = jax.tree.unflatten(tree, [x + jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
     analysis = joint_policy.make_analysis(module, args, env)
-    start = jnp.ones((1,), bool)
-    p = np.asarray(
-        analysis.joint_distribution(
-            params, jax.tree.map(lambda x: x[0], guider.zeros(1)), jax.tree.map(lambda x: x[0], ts), start[0]
+    first = jax.tree.map(lambda x: x[0], ts)  # this environment, unbatched
+    joint = jax.jit(lambda state, ts, start: analysis.joint_distribution(params, state, ts, start))
+    act = jax.jit(
+        jax.vmap(
+            lambda key, state, ts, start: guider.act(params, state, ts, start, key)[1][0],
+            in_axes=(0, None, None, None),
         )
     )
     samples = 20_000
-    act = jax.jit(jax.vmap(lambda key: guider.act(params, guider.zeros(1), ts, start, key)[1][0]))
-    actions = np.asarray(act(jax.random.split(jax.random.PRNGKey(4), samples)))
-    index = actions[:, 0] * env.num_actions + actions[:, 1]  # joint_actions' order: agent 0 slowest
-    freq = np.bincount(index, minlength=len(p)) / samples
-    assert p.sum() == pytest.approx(1.0, abs=1e-5)
-    q = joint_policy.marginal_product(p, analysis.joints, env.num_actions)
+
+    def compare(state, ts, start):
+        """[batch 1] guider state and timestep -> (exact p, p's product of marginals), checked against samples."""
+        p = np.asarray(joint(jax.tree.map(lambda x: x[0], state), jax.tree.map(lambda x: x[0], ts), start[0]))
+        actions = np.asarray(act(jax.random.split(jax.random.PRNGKey(4), samples), state, ts, start))
+        index = actions[:, 0] * env.num_actions + actions[:, 1]  # joint_actions' order: agent 0 slowest
+        freq = np.bincount(index, minlength=len(p)) / samples
+        assert p.sum() == pytest.approx(1.0, abs=1e-5)
+        # 20,000 samples: a frequency's standard error is at most 0.0035.
+        np.testing.assert_allclose(freq, p, atol=0.015)
+        return p, joint_policy.marginal_product(p, analysis.joints, env.num_actions)
+
+    p, q = compare(guider.zeros(1), ts, jnp.ones((1,), bool))  # an episode's first step
     assert np.abs(p - q).max() > 0.05, "the test needs a policy whose agents are not independent"
-    # 20,000 samples: a frequency's standard error is at most 0.0035.
-    np.testing.assert_allclose(freq, p, atol=0.015)
+    # Two steps later: the retention states carried from the acting steps, the step count, no reset.
+    carried, start = guider.zeros(1), jnp.ones((1,), bool)
+    for t in range(2):
+        carried, _, _, env_action, _ = guider.act(params, carried, ts, start, jax.random.PRNGKey(10 + t))
+        state, first = env.step(jax.random.PRNGKey(20 + t), state, env_action[0])
+        ts, start = jax.tree.map(lambda x: x[None], first), first.done[None]
+    assert not start[0] and int(first.episode_length) == 2
+    compare(carried, ts, start)
 
 
 def test_verdicts_follow_the_bootstrap_interval():
@@ -90,10 +105,9 @@ def test_verdicts_follow_the_bootstrap_interval():
         np.mean(scores["CTDS teacher"] - scores["CTDS student"])
         - np.mean(scores["MAGPO guider"] - scores["MAGPO learner"])
     )
-    assert found["MAGPO's learner ends at or above CTDS's student"]["verdict"] == "holds (above)"
-    assert (
-        found["MAGPO's learner ends at or above IPPO"]["verdict"] == "holds (level)"
-    )  # IPPO's seeds spread widely
+    assert found["MAGPO's learner ends at or above CTDS's student"]["verdict"] == "holds"
+    # IPPO's seeds spread widely: 5 of them cannot tell it from MAGPO's learner either way.
+    assert found["MAGPO's learner ends at or above IPPO"]["verdict"] == "not resolved (CI includes 0)"
     assert found["MAGPO's learner ends at or above MAPPO"]["verdict"] == "does not hold"
 
 

@@ -86,9 +86,10 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_unbroken_run(script, gri
 def test_a_progress_line_before_the_first_update_finishes_has_no_eta_yet(tmp_path):
     """An update slower than --progress-seconds: the line printed while the first one runs has no rate to
     estimate from (a run of 5 seeds crashed here dividing by zero)."""
-    run = subprocess.run([sys.executable, "ippo.py", *TINY[:2], "--num-envs", "64", "--rollout-length", "128",
+    # Updates of 16,384 steps: seconds here, and still far longer than --progress-seconds on a faster machine.
+    run = subprocess.run([sys.executable, "ippo.py", *TINY[:2], "--num-envs", "128", "--rollout-length", "128",
                           "--layer-size", "16", "--gru-size", "16", "--num-evaluations", "1",
-                          "--total-timesteps", str(2 * 64 * 128), "--progress-seconds", "0.01",
+                          "--total-timesteps", str(2 * 128 * 128), "--progress-seconds", "0.01",
                           "--output-dir", str(tmp_path)],
                          cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
                          timeout=600)
