@@ -52,7 +52,7 @@ def load(runs_dir: str) -> dict:
             continue  # unfinished: benchmark/run.py writes benchmark.json last
         info = json.load(open(info_path))
         records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-        for suite, by_task in json.load(open(summary_path)).items():
+        for _suite, by_task in json.load(open(summary_path)).items():
             for algorithm, seeds in next(iter(by_task.values())).items():
                 name = POLICIES.get((info["script"], info["plain"], algorithm))
                 if name is None:
