@@ -33,15 +33,12 @@ import glob
 import json
 import os
 import sys
-import warnings
 from collections import defaultdict
 
 import numpy as np
 from rliable import library as rly
 from rliable import metrics
 
-# rliable 1.2 hands arch a RandomState, which arch 7.2 accepts with a FutureWarning per bootstrap.
-warnings.filterwarnings("ignore", "random_state is deprecated", FutureWarning)
 PLAIN_NAMES = {"magpo_sable_guider": "sable", "magpo_mat_guider": "mat"}
 PAPER_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference", "paper_table1.csv")
 # Our names -> Table 1's columns: the learners of magpo_sable.py and ctds.py are the paper's MAGPO and CTDS.
@@ -101,11 +98,24 @@ def curve(run: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([run[k]["step_count"] for k in steps]), np.array([np.mean(run[k][metric]) for k in steps])
 
 
+def bootstrap(scores: np.ndarray, func, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """rliable's stratified bootstrap over the runs (axis 0) of `scores` -> (func(scores), [2, ...] 95% CI)."""
+    # rliable 1.2 draws its resamples from numpy's global generator (StratifiedBootstrap.update_indices
+    # calls np.random.choice) whatever random_state it is given, so the same runs gave other CIs on every
+    # call. Seed the global generator for this call and put the caller's state back afterwards.
+    outer = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        point, ci = rly.get_interval_estimates({"x": scores}, func, reps=reps)
+    finally:
+        np.random.set_state(outer)
+    return point["x"], ci["x"]
+
+
 def interval(scores: np.ndarray, func, reps: int, seed: int) -> tuple[float, float, float]:
-    """rliable's stratified bootstrap over runs of a [runs, tasks] matrix -> (point, low, high)."""
-    point, ci = rly.get_interval_estimates({"x": scores}, lambda x: np.array([func(x)]), reps=reps,
-                                           random_state=np.random.RandomState(seed))
-    return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
+    """The bootstrap of a scalar aggregate `func` of a [runs, tasks] matrix -> (point, low, high)."""
+    point, ci = bootstrap(scores, lambda x: np.array([func(x)]), reps, seed)
+    return float(point[0]), float(ci[0, 0]), float(ci[1, 0])
 
 
 def task_table(runs: dict, reps: int = 2000, seed: int = 0) -> list[dict]:
@@ -273,11 +283,10 @@ def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
             steps, values = curves[0][0][:n], np.stack([c[1][:n] for c in curves])
             task_curves[algorithm] = values
             # 95% band per checkpoint: rliable's bootstrap over seeds of a [runs, 1 task, checkpoints] array.
-            _, ci = rly.get_interval_estimates({"x": values[:, None, :]}, lambda x: x.mean(axis=(0, 1)), reps=reps,
-                                               random_state=np.random.RandomState(seed))
+            _, ci = bootstrap(values[:, None, :], lambda x: x.mean(axis=(0, 1)), reps, seed)
             line, = ax.plot(steps, values.mean(axis=0), "--" if is_guider(algorithm) else "-",
                             label=f"{algorithm} ({len(seeds)} seeds)")
-            ax.fill_between(steps, ci["x"][0], ci["x"][1], color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, ci[0], ci[1], color=line.get_color(), alpha=0.2)
         save(fig, ax, f"{suite} {task}", "environment steps", headline_metric(suite), f"{suite}__{task}.png")
         low = min(v.min() for v in task_curves.values())
         high = max(v.max() for v in task_curves.values())

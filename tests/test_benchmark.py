@@ -5,6 +5,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REFERENCE, ROOT
@@ -135,6 +136,25 @@ def test_aggregate_tables_and_plots(tmp_path):
     assert suites["ippo"]["iqm"] == pytest.approx(0.2) and suites["sable"]["iqm"] == pytest.approx(0.8)
     for name in ("coordsum__3x10.png", "coordsum.png", "tasks.md", "suites.md"):
         assert os.path.getsize(os.path.join(out, name)) > 100
+
+
+def test_aggregate_gives_the_same_confidence_intervals_every_time(tmp_path):
+    """The bootstrap is seeded: the same runs aggregated twice, whatever else drew random numbers in between,
+    give the same tables to the last digit (rliable 1.2 alone ignores its seed)."""
+    import aggregate
+
+    runs_dir = str(tmp_path / "runs")
+    write_run(runs_dir, "a", "coordsum", "3x10", "ippo", [1.0, 2.0, 7.0, 3.0, 10.0], [[0, 1]] * 5)
+    write_run(runs_dir, "b", "coordsum", "3x10", "mappo", [4.0, 0.0, 6.0, 9.0, 2.0], [[1, 4]] * 5)
+    tables = []
+    for i in range(2):
+        np.random.rand(17 * (i + 1))  # the global generator left in another state
+        out = str(tmp_path / f"results{i}")
+        aggregate.main([runs_dir, "--out", out, "--reps", "300"])
+        tables.append([open(os.path.join(out, name)).read() for name in ("tasks.md", "suites.md")])
+    assert tables[0] == tables[1]
+    tasks = {r["algorithm"]: r for r in json.load(open(os.path.join(out, "tasks.json")))}
+    assert tasks["ippo"]["ci_low"] < tasks["ippo"]["mean"] < tasks["ippo"]["ci_high"]  # a real interval
 
 
 def test_aggregate_turns_a_grid_into_per_point_tables_and_a_plot(tmp_path):
