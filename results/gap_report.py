@@ -3,7 +3,8 @@ and the learning curves, from the runs of `bash results/reproduce.sh gap`.
 
     python results/gap_report.py results/gap/runs --out results/gap
 
-Reads every run folder below RUNS (summary.json, metrics.jsonl, benchmark.json) and writes, per task:
+Reads every run folder below RUNS (summary.json, metrics.jsonl, benchmark.json) and writes gap.md, the tasks
+side by side (final scores, then the claims), and per task:
   gap_<task>.md / .json   the per-seed table and the claims, each with its verdict;
   gap_<task>.png          every policy's mean curve over seeds (shaded: its 95% bootstrap CI), learners and
                           students solid, guiders and teachers dashed, the uniform policy dotted.
@@ -217,6 +218,46 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", data
 
 
+def overview(results: dict) -> str:
+    """The sizes side by side: every policy's final score, then every claim's difference and verdict."""
+    sizes = sorted(results, key=lambda env_id: [int(n) for n in env_id.split("-")[1].split("x")])
+    head = "| | " + " | ".join(sizes) + " |"
+    rule = "| --- |" + " --- |" * len(sizes)
+    lines = [
+        "Final score, mean over seeds [95% bootstrap CI]; * = still rising by the plateau check "
+        "(per-size tables: gap_<size>.md).",
+        "",
+        head.replace("| |", "| policy |", 1),
+        rule,
+    ]
+    for name in POLICIES.values():
+        if not any(name in results[size]["scores"] for size in sizes):
+            continue
+        cells = []
+        for size in sizes:
+            scores = results[size]["scores"].get(name)
+            if scores is None:
+                cells.append("")
+                continue
+            mean, low, high = bootstrap_mean_difference(scores)
+            rising = "" if results[size]["plateau"][name]["plateau"] else "*"
+            cells.append(f"{mean:.2f} [{low:.2f}, {high:.2f}]{rising}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| uniform random | " + " | ".join(f"{results[size]['uniform']:.2f}" for size in sizes) + " |")
+    claims_head = head.replace("| |", "| claim |", 1)
+    lines += ["", "The paper's claims: difference [95% bootstrap CI], verdict.", "", claims_head, rule]
+    for claim in dict.fromkeys(c["claim"] for size in sizes for c in results[size]["claims"]):
+        cells = []
+        for size in sizes:
+            found = [c for c in results[size]["claims"] if c["claim"] == claim]
+            cells.append(
+                f"{found[0]['difference']:.2f} [{found[0]['ci_low']:.2f}, {found[0]['ci_high']:.2f}] "
+                f"**{found[0]['verdict']}**" if found else ""
+            )
+        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(env_id: str, policies: dict, uniform: float, path: str) -> None:
     import matplotlib
 
@@ -271,6 +312,10 @@ def main(argv: list[str] | None = None) -> dict:
         plot(env_id, policies, uniform, os.path.join(opts.out, f"gap_{task}.png"))
         print(text)
         results[env_id] = data
+    text = overview(results)
+    with open(os.path.join(opts.out, "gap.md"), "w") as f:
+        f.write(text)
+    print(text)
     return results
 
 

@@ -38,7 +38,7 @@ GAP_BUDGET=(--num-envs 32 --num-seeds 5 --num-evaluations 12 --output-dir "$GAP/
 gap_runs() {
   drop_unfinished "$GAP/runs"
   local task steps script
-  for task in coordsum-2x4:393216 coordsum-2x3:294912; do
+  for task in coordsum-2x2:294912 coordsum-2x3:442368 coordsum-2x4:393216; do
     steps="${task#*:}" task="${task%%:*}"
     for script in ctds magpo_sable ippo mappo; do
       if finished "$GAP/runs" "$script" "$task" guided; then echo "have $script $task"; continue; fi
