@@ -32,7 +32,7 @@ drop_unfinished() {  # a run stopped halfway leaves a folder without benchmark.j
 # enough to converge on 2 cores, 5 seeds, every script at its defaults (the paper's Tables 2-3) with one rule
 # shared by every method: 32 environments instead of 128 (4x the updates per step). Plain Sable is not run apart:
 # with --delta inf --alpha 0 magpo_sable.py computes what ctds.py computes (tests/test_ctds.py), so CTDS's teacher
-# is the Sable row. About 1 h 45 min on 2 cores (an AMD EPYC, 2026-11-29).
+# is the Sable row. About 2 h 40 min on 2 cores (an AMD EPYC, 2026-11-29).
 GAP=results/gap
 GAP_BUDGET=(--num-envs 32 --num-seeds 5 --num-evaluations 12 --output-dir "$GAP/runs")
 gap_runs() {

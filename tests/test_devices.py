@@ -47,8 +47,10 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "split": split, "un
 """
 
 
-@pytest.mark.parametrize("script, env_id", [("ippo", "coordsum-3x10"), ("mappo", "coordsum-3x10"),
-                                            # the guided scripts (the guider's state sharded too): opt-in, for CI time
+@pytest.mark.parametrize("script, env_id", [("ippo", "coordsum-3x10"),
+                                            # mappo (its critic's global state sharded too) and the guided scripts
+                                            # (the guider's state too): opt-in, for CI time
+                                            pytest.param("mappo", "coordsum-3x10", marks=pytest.mark.slow),
                                             pytest.param("magpo_sable", "coordsum-3x10", marks=pytest.mark.slow),
                                             # RWARE's sharded grid state: 3 minutes on 2 cores, so opt-in
                                             pytest.param("magpo_sable", "rware-tiny-2ag", marks=pytest.mark.slow),

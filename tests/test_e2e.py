@@ -42,7 +42,9 @@ FAST_PAIRS = {(script, "coordsum-3x10") for script in SCRIPTS if script != "mapp
     pytest.param(script, env_id, marks=() if (script, env_id) in FAST_PAIRS else pytest.mark.slow)
     for script in SCRIPTS for env_id in SUITE_TASKS])
 def test_short_run_writes_finite_metrics_for_two_seeds(script, env_id, tmp_path):
-    reproduce = env_id == "coordsum-3x10" and script in ("ippo", "magpo_sable")
+    # magpo_sable's saved learner and guider, re-evaluated (ippo's: the slow test below; the code is the long-run
+    # helpers, the same text in every script)
+    reproduce = env_id == "coordsum-3x10" and script == "magpo_sable"
     module, args, run_dir = run(script, env_id, tmp_path, capture_video=reproduce)
     assert os.path.basename(run_dir).startswith(f"{env_id}__{script}__0__")
     assert json.load(open(os.path.join(run_dir, "args.json")))["env_id"] == env_id
@@ -77,6 +79,13 @@ def test_short_run_writes_finite_metrics_for_two_seeds(script, env_id, tmp_path)
         saved_policies_reproduce_the_absolute_metric(module, args, run_dir, summary[env.suite]["3x10"])
 
 
+@pytest.mark.slow
+def test_a_decentralised_scripts_saved_policy_reproduces_its_absolute_metric(tmp_path):
+    module, args, run_dir = run("ippo", "coordsum-3x10", tmp_path, capture_video=True)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        saved_policies_reproduce_the_absolute_metric(module, args, run_dir, json.load(f)["coordsum"]["3x10"])
+
+
 def saved_policies_reproduce_the_absolute_metric(module, args, run_dir, summary):
     """--evaluate of the best parameters, with 10x the run's episodes, gives the run's absolute metric exactly
     (the learner's file and the guider's, told apart by their parameter trees), and with --capture-video the
@@ -95,6 +104,7 @@ def saved_policies_reproduce_the_absolute_metric(module, args, run_dir, summary)
                 np.testing.assert_array_equal(np.asarray(again[metric][s], np.float32), np.float32(values), metric)
 
 
+@pytest.mark.slow  # to the bit from the command line: tests/test_grid.py's first test, in the fast suite
 def test_seed_i_of_a_multi_seed_run_equals_a_single_run_with_that_seed(tmp_path):
     longer = dict(total_timesteps=16 * 4 * 8, num_evaluations=4, save_model=False)  # 16 updates
     _, _, both = run("ippo", "coordsum-3x10", tmp_path / "a", seed=7, **longer)
@@ -109,9 +119,9 @@ def test_seed_i_of_a_multi_seed_run_equals_a_single_run_with_that_seed(tmp_path)
                 np.testing.assert_allclose(multi[key][1], values[0], rtol=1e-3, atol=1e-6, err_msg=key)
 
 
-# ippo and magpo_sable in the fast suite; the guard is the same text in every script (test_consistency.py).
+# ippo in the fast suite; the guard is the same text in every script (test_consistency.py).
 @pytest.mark.parametrize("script, absurd_lr", [("ippo", dict(actor_lr=1e30, critic_lr=1e30)),
-                                               ("magpo_sable", dict(lr=1e30)),
+                                               pytest.param("magpo_sable", dict(lr=1e30), marks=pytest.mark.slow),
                                                pytest.param("ctds", dict(lr=1e30), marks=pytest.mark.slow),
                                                pytest.param("magpo_mat", dict(lr=1e30), marks=pytest.mark.slow)])
 def test_non_finite_loss_stops_with_message_and_keeps_metrics(script, absurd_lr, tmp_path, capsys):
@@ -176,7 +186,7 @@ def test_pure_train_function_equals_the_checkpoint_loop():
         np.testing.assert_allclose(metrics["train"]["actor_loss"][i], out["train"]["actor_loss"], rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize("script", ["ippo", "magpo_sable"])
+@pytest.mark.parametrize("script", ["ippo", pytest.param("magpo_sable", marks=pytest.mark.slow)])
 def test_a_loss_past_the_bound_warns_once_and_the_run_goes_on(script, tmp_path, monkeypatch, capsys):
     module = importlib.import_module(script)
     monkeypatch.setattr(module, "LOSS_WARNING", 0.0)  # every loss passes it, at every checkpoint
