@@ -8,9 +8,11 @@ side by side (final scores, then the claims), and per task:
   gap_<task>.md / .json   the per-seed table and the claims, each with its verdict;
   gap_<task>.png          every policy's mean curve over seeds (shaded: its 95% bootstrap CI), learners and
                           students solid, guiders and teachers dashed, the uniform policy dotted.
-The verdicts are mechanical: a difference whose 95% bootstrap CI (seeds resampled within each method, 10,000
-times) lies above 0 "holds", below 0 "does not hold", and one whose CI includes 0 is "not resolved (CI
-includes 0)": these seeds cannot tell the two apart, which is not the same as showing them level.
+A policy has plateaued unless it is still rising: per seed, its last checkpoint minus the one two before it,
+and the mean of that rise over seeds has a 95% bootstrap CI above 0. The verdicts are mechanical: a difference
+whose 95% bootstrap CI (seeds resampled within each method, 10,000 times) lies above 0 "holds", below 0 "does
+not hold", and one whose CI includes 0 is "not resolved (CI includes 0)": these seeds cannot tell the two apart,
+which is not the same as showing them level.
 """
 
 from __future__ import annotations
@@ -135,17 +137,17 @@ def claims(scores: dict) -> list[dict]:
 
 
 def plateau(policy: dict) -> dict:
-    """Is the policy still learning? The spread of its last three checkpoints' means over seeds, against the
-    standard error of the mean over seeds at the last checkpoint."""
+    """Is the policy still learning? Per seed, its rise over the last three checkpoints (the last one minus the
+    one two before it); the policy has plateaued unless the mean rise's 95% bootstrap CI over seeds lies above
+    0, the verdicts' rule applied to the rise. Pairing each seed with itself takes the seeds' offsets out, so a
+    small rise that every seed shares still counts, and a noisy, flat curve does not."""
     curves = np.array([curve(run, METRIC)[1] for run in policy["runs"]])  # [seeds, checkpoints]
-    last3 = curves[:, -3:].mean(0)
-    stderr = curves[:, -1].std(ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else float("nan")
-    spread = float(last3.max() - last3.min())
+    rise, low, high = bootstrap_mean_difference(curves[:, -1] - curves[:, -3])
     return {
-        "last3": last3.tolist(),
-        "spread": spread,
-        "stderr": float(stderr),
-        "plateau": bool(spread <= 2 * stderr),
+        "last3": curves[:, -3:].mean(0).tolist(),
+        "rise": rise,
+        "rise_ci": [low, high],
+        "plateau": bool(low <= 0),
     }
 
 
@@ -182,8 +184,8 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
         "",
         f"### {env_id}: mean over {seeds} seeds [95% bootstrap CI] and the plateau check",
         "",
-        "| policy | final score | last 3 checkpoints (mean over seeds) | spread | 2 x std. error | plateau |",
-        "| --- | --- | --- | ---: | ---: | --- |",
+        "| policy | final score | last 3 checkpoints (mean over seeds) | rise over them [95% CI] | plateau |",
+        "| --- | --- | --- | --- | --- |",
     ]
     plateaus = {}
     for name in order:
@@ -192,7 +194,7 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
         p = plateaus[name]
         lines.append(
             f"| {name} | {mean:.2f} [{low:.2f}, {high:.2f}] | {', '.join(f'{x:.1f}' for x in p['last3'])} | "
-            f"{p['spread']:.2f} | {2 * p['stderr']:.2f} | {'yes' if p['plateau'] else 'no'} |"
+            f"{p['rise']:.2f} [{p['rise_ci'][0]:.2f}, {p['rise_ci'][1]:.2f}] | {'yes' if p['plateau'] else 'no'} |"
         )
     found = claims(scores)
     lines += [
