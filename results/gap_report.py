@@ -136,12 +136,16 @@ def claims(scores: dict) -> list[dict]:
     return out
 
 
-def plateau(policy: dict) -> dict:
+def checkpoints(policy: dict) -> np.ndarray:
+    """[seeds, checkpoints]: every seed's mean evaluation return at each checkpoint."""
+    return np.array([curve(run, METRIC)[1] for run in policy["runs"]])
+
+
+def plateau(curves: np.ndarray) -> dict:
     """Is the policy still learning? Per seed, its rise over the last three checkpoints (the last one minus the
     one two before it); the policy has plateaued unless the mean rise's 95% bootstrap CI over seeds lies above
     0, the verdicts' rule applied to the rise. Pairing each seed with itself takes the seeds' offsets out, so a
     small rise that every seed shares still counts, and a noisy, flat curve does not."""
-    curves = np.array([curve(run, METRIC)[1] for run in policy["runs"]])  # [seeds, checkpoints]
     rise, low, high = bootstrap_mean_difference(curves[:, -1] - curves[:, -3])
     return {
         "last3": curves[:, -3:].mean(0).tolist(),
@@ -190,24 +194,29 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
     plateaus = {}
     for name in order:
         mean, low, high = bootstrap_mean_difference(scores[name])
-        plateaus[name] = plateau(policies[name])
+        plateaus[name] = plateau(checkpoints(policies[name]))
         p = plateaus[name]
         lines.append(
             f"| {name} | {mean:.2f} [{low:.2f}, {high:.2f}] | {', '.join(f'{x:.1f}' for x in p['last3'])} | "
             f"{p['rise']:.2f} [{p['rise_ci'][0]:.2f}, {p['rise_ci'][1]:.2f}] | {'yes' if p['plateau'] else 'no'} |"
         )
     found = claims(scores)
+    # The same claims on each of the last three checkpoints' evaluations: a verdict that changes between them
+    # depends on where training stopped.
+    curves = {name: checkpoints(policies[name]) for name in order}
+    recent = [claims({name: c[:, k] for name, c in curves.items()}) for k in (-3, -2, -1)]
     lines += [
         "",
         f"### {env_id}: the paper's claims",
         "",
-        "| claim | difference [95% bootstrap CI] | verdict |",
-        "| --- | --- | --- |",
+        "| claim | difference [95% bootstrap CI] | verdict | the same on the last 3 checkpoints' evaluations |",
+        "| --- | --- | --- | --- |",
     ]
-    for c in found:
+    for i, c in enumerate(found):
+        then = ", ".join(f"{r[i]['difference']:.2f} {r[i]['verdict'].split(' (')[0]}" for r in recent)
         lines.append(
             f"| {c['claim']} | {c['difference']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] | "
-            f"**{c['verdict']}** |"
+            f"**{c['verdict']}** | {then} |"
         )
     data = {
         "env_id": env_id,
@@ -215,6 +224,7 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
         "scores": scores,
         "plateau": plateaus,
         "claims": found,
+        "claims_last3_checkpoints": recent,
         "outside_band": band,
     }
     return "\n".join(lines) + "\n", data
@@ -277,7 +287,7 @@ def plot(env_id: str, policies: dict, uniform: float, path: str) -> None:
     rng = np.random.default_rng(0)
     for name in (n for n in POLICIES.values() if n in policies):
         steps = curve(policies[name]["runs"][0], METRIC)[0]
-        curves = np.array([curve(run, METRIC)[1] for run in policies[name]["runs"]])
+        curves = checkpoints(policies[name])
         draws = curves[rng.integers(0, len(curves), (2000, len(curves)))].mean(1)
         low, high = np.percentile(draws, [2.5, 97.5], axis=0)
         colour = colours[name.split()[0]]

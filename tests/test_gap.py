@@ -113,22 +113,33 @@ def test_verdicts_follow_the_bootstrap_interval():
 
 
 def test_the_plateau_check_pairs_each_seed_with_itself():
-    def policy(curves):  # [seeds, checkpoints] -> load()'s per-seed runs
-        return {"runs": [{f"step_{t}": {"step_count": 100 * t, "episode_return": [x]} for t, x in enumerate(row)}
-                         for row in curves]}
-
     # Every seed still rises, by 0.3 on average over its last three checkpoints, while the seeds sit 1 apart:
     # still rising, though the rise is far smaller than the seeds' spread (an unpaired check would miss it).
     rows = [[90 + o, 99.7 + o, 99.8 + o, 99.7 + o + r] for o, r in enumerate((0.2, 0.3, 0.4, 0.3, 0.3))]
-    rising = gap_report.plateau(policy(rows))
+    rising = gap_report.plateau(np.array(rows))
     assert rising["rise"] == pytest.approx(0.3) and rising["rise_ci"][0] > 0 and not rising["plateau"]
     assert rising["last3"] == pytest.approx([101.7, 101.8, 102.0])
     # Flat and noisy: the seeds' rises, by hand 2, -3, 1, -1, 0.5, average -0.1; the CI includes 0.
     last = (102, 97, 101, 99, 100.5)
-    flat = gap_report.plateau(policy([[50 + o, 100 + o, 101 + o, x + o] for o, x in enumerate(last)]))
+    flat = gap_report.plateau(np.array([[50 + o, 100 + o, 101 + o, x + o] for o, x in enumerate(last)]))
     assert flat["rise"] == pytest.approx(-0.1) and flat["rise_ci"][0] < 0 < flat["rise_ci"][1] and flat["plateau"]
     # Converged to one value: no rise at all is a plateau.
-    assert gap_report.plateau(policy([[100.0, 100.0, 100.0]] * 5))["plateau"]
+    assert gap_report.plateau(np.full((5, 3), 100.0))["plateau"]
+
+
+def test_the_claims_are_also_judged_on_the_last_three_checkpoints():
+    """A claim that holds on the final scores but not at every one of the last three checkpoints says so."""
+    def policy(values, final):  # one checkpoint value per entry, the same for every seed but a small jitter
+        return {"runs": [{**{f"step_{t}": {"step_count": 100 * t, "episode_return": [x + 0.1 * seed]}
+                             for t, x in enumerate(values)},
+                          "absolute_metrics": {"episode_return": [final + 0.1 * seed]}} for seed in range(5)]}
+
+    # The learner overtakes the student at the second-to-last checkpoint: -1.0, then 0.5 and 1.0 above it.
+    policies = {"MAGPO learner": policy([50, 59, 60.5, 61], 61.5), "CTDS student": policy([50, 60, 60, 60], 60)}
+    text, data = gap_report.report("coordsum-2x2", policies, uniform=0.0)
+    row = next(line for line in text.splitlines() if line.startswith("| MAGPO's learner ends at or above CTDS"))
+    assert "| 1.50 [" in row and row.endswith("| **holds** | -1.00 does not hold, 0.50 holds, 1.00 holds |")
+    assert [r[0]["verdict"] for r in data["claims_last3_checkpoints"]] == ["does not hold", "holds", "holds"]
 
 
 def test_the_overview_puts_every_size_in_its_column():
