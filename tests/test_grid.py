@@ -68,6 +68,7 @@ def test_a_grid_point_and_seed_is_the_single_run_with_its_values_and_seed(tmp_pa
     assert last["magpo_sable[alpha=0,delta=inf]"]["distill_loss"] != last["magpo_sable[alpha=1,delta=inf]"]["distill_loss"]
 
 
+@pytest.mark.slow  # about 95 s of worker time; a CPU batches runs with the loop, the accelerators with vmap
 def test_vmap_batching_computes_what_the_loop_does_to_rounding(tmp_path):
     """--run-batching vmap (the accelerators' default) and loop hold the same runs: the same grid's metrics
     agree to float rounding, not to the bit (README: what equals what)."""
