@@ -191,10 +191,11 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
         "| policy | final score | last 3 checkpoints (mean over seeds) | rise over them [95% CI] | plateau |",
         "| --- | --- | --- | --- | --- |",
     ]
+    curves = {name: checkpoints(policies[name]) for name in order}
     plateaus = {}
     for name in order:
         mean, low, high = bootstrap_mean_difference(scores[name])
-        plateaus[name] = plateau(checkpoints(policies[name]))
+        plateaus[name] = plateau(curves[name])
         p = plateaus[name]
         lines.append(
             f"| {name} | {mean:.2f} [{low:.2f}, {high:.2f}] | {', '.join(f'{x:.1f}' for x in p['last3'])} | "
@@ -203,7 +204,6 @@ def report(env_id: str, policies: dict, uniform: float) -> tuple[str, dict]:
     found = claims(scores)
     # The same claims on each of the last three checkpoints' evaluations: a verdict that changes between them
     # depends on where training stopped.
-    curves = {name: checkpoints(policies[name]) for name in order}
     recent = [claims({name: c[:, k] for name, c in curves.items()}) for k in (-3, -2, -1)]
     lines += [
         "",

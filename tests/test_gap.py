@@ -111,7 +111,6 @@ def test_verdicts_follow_the_bootstrap_interval():
     assert found["MAGPO's learner ends at or above MAPPO"]["verdict"] == "does not hold"
 
 
-
 def test_the_plateau_check_pairs_each_seed_with_itself():
     # Every seed still rises, by 0.3 on average over its last three checkpoints, while the seeds sit 1 apart:
     # still rising, though the rise is far smaller than the seeds' spread (an unpaired check would miss it).

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from conftest import ROOT
 
 TINY = dict(env_id="coordsum-3x10", num_envs=8, rollout_length=8, total_timesteps=8 * 8 * 6, num_evaluations=3,
