@@ -112,18 +112,35 @@ def test_verdicts_follow_the_bootstrap_interval():
 
 
 def test_the_plateau_check_pairs_each_seed_with_itself():
-    # Every seed still rises, by 0.3 on average over its last three checkpoints, while the seeds sit 1 apart:
-    # still rising, though the rise is far smaller than the seeds' spread (an unpaired check would miss it).
-    rows = [[90 + o, 99.7 + o, 99.8 + o, 99.7 + o + r] for o, r in enumerate((0.2, 0.3, 0.4, 0.3, 0.3))]
+    # Every seed still rises, by 1.3 on average over its last three checkpoints, while the seeds sit 1 apart:
+    # still rising, though the rise is barely bigger than the seeds' spread (an unpaired check would miss it).
+    rows = [[90 + o, 99.7 + o, 99.8 + o, 99.7 + o + r] for o, r in enumerate((1.2, 1.3, 1.4, 1.3, 1.3))]
     rising = gap_report.plateau(np.array(rows))
-    assert rising["rise"] == pytest.approx(0.3) and rising["rise_ci"][0] > 0 and not rising["plateau"]
-    assert rising["last3"] == pytest.approx([101.7, 101.8, 102.0])
+    assert rising["rise"] == pytest.approx(1.3) and rising["rise_ci"][0] > 1 and not rising["plateau"]
+    assert rising["last3"] == pytest.approx([101.7, 101.8, 103.0])
+    assert gap_report.plateau_words(rising) == "no"
     # Flat and noisy: the seeds' rises, by hand 2, -3, 1, -1, 0.5, average -0.1; the CI includes 0.
     last = (102, 97, 101, 99, 100.5)
     flat = gap_report.plateau(np.array([[50 + o, 100 + o, 101 + o, x + o] for o, x in enumerate(last)]))
     assert flat["rise"] == pytest.approx(-0.1) and flat["rise_ci"][0] < 0 < flat["rise_ci"][1] and flat["plateau"]
+    assert gap_report.plateau_words(flat) == "yes"
     # Converged to one value: no rise at all is a plateau.
     assert gap_report.plateau(np.full((5, 3), 100.0))["plateau"]
+
+
+def test_a_rise_shown_to_be_under_the_margin_is_a_plateau():
+    # Creeping by 0.2-0.4 (mean 0.3), every seed alike: a rise the CI sees, but shown to be under 1 point.
+    creep = [[99.7 + o, 99.8 + o, 99.7 + o + r] for o, r in enumerate((0.2, 0.3, 0.4, 0.3, 0.3))]
+    p = gap_report.plateau(np.array(creep))
+    assert 0 < p["rise_ci"][0] and p["rise_ci"][1] < gap_report.RISE_MARGIN == 1.0 and p["plateau"]
+    assert gap_report.plateau_words(p) == "yes (rise under 1)"
+    # Rises 0.3 to 1.5, by hand mean 0.9: under the margin on average, but its CI reaches it, so not shown
+    # to be under it: still rising.
+    wide = [[99.7 + o, 99.8 + o, 99.7 + o + r] for o, r in enumerate((0.3, 0.6, 0.9, 1.2, 1.5))]
+    p = gap_report.plateau(np.array(wide))
+    assert p["rise"] == pytest.approx(0.9) and p["rise_ci"][0] > 0 and p["rise_ci"][1] >= 1 and not p["plateau"]
+    # The margin is the caller's: the same creep is still rising against a margin of 0.1.
+    assert not gap_report.plateau(np.array(creep), margin=0.1)["plateau"]
 
 
 def test_the_claims_are_also_judged_on_the_last_three_checkpoints():
