@@ -32,19 +32,23 @@ drop_unfinished() {  # a run stopped halfway leaves a folder without benchmark.j
 # enough to converge on 2 cores, 5 seeds, every script at its defaults (the paper's Tables 2-3) with one rule
 # shared by every method: 32 environments instead of 128 (4x the updates per step). Plain Sable is not run apart:
 # with --delta inf --alpha 0 magpo_sable.py computes what ctds.py computes (tests/test_ctds.py), so CTDS's teacher
-# is the Sable row. About 4 h 15 min on 2 cores, one run after another (an AMD EPYC, 2026-11-29).
+# is the Sable row. The 2x2 and 2x3 runs took 1 h 58 min on a 2-core Intel Xeon (2026-12-05) two at a time, each
+# pinned to one core (taskset); one after another, as below, they take longer. 2x4: about 55 min (an AMD EPYC).
 GAP=results/gap
 GAP_BUDGET=(--num-envs 32 --num-seeds 5 --num-evaluations 12 --output-dir "$GAP/runs")
 gap_runs() {
   drop_unfinished "$GAP/runs"
   local task steps script
-  for task in coordsum-2x2:589824 coordsum-2x3:884736 coordsum-2x4:393216; do
+  for task in coordsum-2x2:1179648 coordsum-2x3:1769472 coordsum-2x4:393216; do
     steps="${task#*:}" task="${task%%:*}"
     for script in ctds magpo_sable ippo mappo; do
       if finished "$GAP/runs" "$script" "$task" guided; then echo "have $script $task"; continue; fi
       # --save-model keeps the centralised policies, which results/joint_policy.py reads
       python benchmark/run.py "$script" "$task" "${GAP_BUDGET[@]}" --total-timesteps "$steps" \
         $([ "$script" = ctds ] || [ "$script" = magpo_sable ] && echo --save-model)
+      # Keep what the tables and joint_policy.py read: the resume checkpoint and the other parameter files are
+      # 25 MB a run, more than the rest of results/ together.
+      for dir in "$GAP"/runs/*/; do rm -rf "$dir/checkpoint" "$dir"/actor_*.msgpack "$dir/guider_final.msgpack"; done
     done
   done
 }
