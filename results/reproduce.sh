@@ -11,13 +11,22 @@ cd "$(dirname "$0")/.."
 PART="${1:-all}"
 case "$PART" in all|gap|budget|aggregate) ;; *) echo "usage: bash results/reproduce.sh [gap|budget|aggregate]" >&2; exit 2;; esac
 
-finished() {  # finished RUNS SCRIPT ENV_ID PLAIN -> success if that run is already in RUNS
+finished() {  # finished RUNS SCRIPT ENV_ID PLAIN [STEPS] -> success if that run is already in RUNS (at STEPS)
   python - "$@" <<'PY'
-import glob, json, sys
+import glob, json, os, sys
 runs, script, env_id, plain = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "plain"
-done = any(json.load(open(p)).get("script") == script and json.load(open(p)).get("env_id") == env_id
-           and json.load(open(p)).get("plain") == plain for p in glob.glob(f"{runs}/*/benchmark.json"))
-sys.exit(0 if done else 1)
+steps = int(sys.argv[5]) if len(sys.argv) > 5 else None
+found = []
+for p in glob.glob(f"{runs}/*/benchmark.json"):
+    info = json.load(open(p))
+    if (info.get("script"), info.get("env_id"), info.get("plain")) == (script, env_id, plain):
+        found.append(json.load(open(os.path.join(os.path.dirname(p), "args.json")))["total_timesteps"])
+if steps is not None and any(n != steps for n in found):
+    # A run at another budget would be pooled with the new one: the tables would mix budgets.
+    print(f"error: {runs} has a {script} run on {env_id} at {found} steps, not {steps}: move it away first",
+          file=sys.stderr)
+    sys.exit(3)
+sys.exit(0 if found else 1)
 PY
 }
 
@@ -42,7 +51,8 @@ gap_runs() {
   for task in coordsum-2x2:1179648 coordsum-2x3:1769472 coordsum-2x4:393216; do
     steps="${task#*:}" task="${task%%:*}"
     for script in ctds magpo_sable ippo mappo; do
-      if finished "$GAP/runs" "$script" "$task" guided; then echo "have $script $task"; continue; fi
+      if finished "$GAP/runs" "$script" "$task" guided "$steps"; then echo "have $script $task"; continue
+      elif [ $? -ne 1 ]; then exit 2; fi
       # --save-model keeps the centralised policies, which results/joint_policy.py reads
       python benchmark/run.py "$script" "$task" "${GAP_BUDGET[@]}" --total-timesteps "$steps" \
         $([ "$script" = ctds ] || [ "$script" = magpo_sable ] && echo --save-model)
