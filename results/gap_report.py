@@ -10,10 +10,9 @@ side by side (final scores, then the claims), and per task:
                           students solid, guiders and teachers dashed, the uniform policy dotted.
 A policy has plateaued unless it is still rising: per seed, its last checkpoint minus the one two before it;
 still rising when the mean of that rise over seeds has a 95% bootstrap CI above 0 that reaches RISE_MARGIN (1
-point of return). The verdicts are mechanical: a difference
-whose 95% bootstrap CI (seeds resampled within each method, 10,000 times) lies above 0 "holds", below 0 "does
-not hold", and one whose CI includes 0 is "not resolved (CI includes 0)": these seeds cannot tell the two apart,
-which is not the same as showing them level.
+point of return). The verdicts are mechanical: a difference whose 95% bootstrap CI (seeds resampled within each
+method, 10,000 times) lies above 0 "holds", below 0 "does not hold", and one whose CI includes 0 is "not
+resolved (CI includes 0)": these seeds cannot tell the two apart, which is not the same as showing them level.
 """
 
 from __future__ import annotations
@@ -157,6 +156,7 @@ def plateau(curves: np.ndarray, margin: float = RISE_MARGIN) -> dict:
         "last3": curves[:, -3:].mean(0).tolist(),
         "rise": rise,
         "rise_ci": [low, high],
+        "margin": margin,
         "plateau": bool(low <= 0 or high < margin),
     }
 
@@ -164,7 +164,7 @@ def plateau(curves: np.ndarray, margin: float = RISE_MARGIN) -> dict:
 def plateau_words(p: dict) -> str:
     if not p["plateau"]:
         return "no"
-    return "yes" if p["rise_ci"][0] <= 0 else f"yes (rise under {RISE_MARGIN:g})"
+    return "yes" if p["rise_ci"][0] <= 0 else f"yes (rise under {p['margin']:g})"
 
 
 def uniform_score(env_id: str) -> float:

@@ -38,10 +38,10 @@ drop_unfinished() {  # a run stopped halfway leaves a folder without benchmark.j
 
 # ---------------------------------------------------------------------------------------------------------------
 # Part 1, "The imitation gap at CPU scale" (results/README.md's first section, results/gap/). CoordSum sizes small
-# enough to converge, or come close, on 2 cores, 5 seeds, every script at its defaults (the paper's Tables 2-3) with one rule
-# shared by every method: 32 environments instead of 128 (4x the updates per step). Plain Sable is not run apart:
-# with --delta inf --alpha 0 magpo_sable.py computes what ctds.py computes (tests/test_ctds.py), so CTDS's teacher
-# is the Sable row. The 2x2 and 2x3 runs took 1 h 58 min on a 2-core Intel Xeon (2026-12-05) two at a time, each
+# enough to converge, or come close, on 2 cores, 5 seeds, every script at its defaults (the paper's Tables 2-3)
+# with one rule shared by every method: 32 environments instead of 128 (4x the updates per step). Plain Sable is
+# not run apart: with --delta inf --alpha 0 magpo_sable.py computes what ctds.py computes (tests/test_ctds.py), so
+# CTDS's teacher is the Sable row. The 2x2 and 2x3 runs took 1 h 58 min on a 2-core Intel Xeon (2026-12-05) two at a time, each
 # pinned to one core (taskset); one after another, as below, they take longer. 2x4: about 55 min (an AMD EPYC).
 GAP=results/gap
 GAP_BUDGET=(--num-envs 32 --num-seeds 5 --num-evaluations 12 --output-dir "$GAP/runs")

@@ -139,8 +139,9 @@ def test_a_rise_shown_to_be_under_the_margin_is_a_plateau():
     wide = [[99.7 + o, 99.8 + o, 99.7 + o + r] for o, r in enumerate((0.3, 0.6, 0.9, 1.2, 1.5))]
     p = gap_report.plateau(np.array(wide))
     assert p["rise"] == pytest.approx(0.9) and p["rise_ci"][0] > 0 and p["rise_ci"][1] >= 1 and not p["plateau"]
-    # The margin is the caller's: the same creep is still rising against a margin of 0.1.
+    # The margin is the caller's: the same creep is still rising against a margin of 0.1, a plateau under 2.
     assert not gap_report.plateau(np.array(creep), margin=0.1)["plateau"]
+    assert gap_report.plateau_words(gap_report.plateau(np.array(wide), margin=2.0)) == "yes (rise under 2)"
 
 
 def test_the_claims_are_also_judged_on_the_last_three_checkpoints():
