@@ -41,14 +41,15 @@ drop_unfinished() {  # a run stopped halfway leaves a folder without benchmark.j
 # enough to converge, or come close, on 2 cores, 5 seeds, every script at its defaults (the paper's Tables 2-3)
 # with one rule shared by every method: 32 environments instead of 128 (4x the updates per step). Plain Sable is
 # not run apart: with --delta inf --alpha 0 magpo_sable.py computes what ctds.py computes (tests/test_ctds.py), so
-# CTDS's teacher is the Sable row. The 2x2 and 2x3 runs took 1 h 58 min on a 2-core Intel Xeon (2026-12-05) two at a time, each
-# pinned to one core (taskset); one after another, as below, they take longer. 2x4: about 55 min (an AMD EPYC).
+# CTDS's teacher is the Sable row. On a 2-core Intel Xeon (2026-12-05), two at a time, each pinned to one core
+# (taskset), the 2x2 runs took 1 h 26 min and the 2x3 runs about 1 h 09 min; one after another, as below,
+# longer. 2x4: about 55 min (an AMD EPYC).
 GAP=results/gap
 GAP_BUDGET=(--num-envs 32 --num-seeds 5 --num-evaluations 12 --output-dir "$GAP/runs")
 gap_runs() {
   drop_unfinished "$GAP/runs"
   local task steps script
-  for task in coordsum-2x2:1179648 coordsum-2x3:1769472 coordsum-2x4:393216; do
+  for task in coordsum-2x2:2359296 coordsum-2x3:1769472 coordsum-2x4:393216; do
     steps="${task#*:}" task="${task%%:*}"
     for script in ctds magpo_sable ippo mappo; do
       if finished "$GAP/runs" "$script" "$task" guided "$steps"; then echo "have $script $task"; continue

@@ -184,7 +184,7 @@ def test_the_overview_puts_every_size_in_its_column():
     assert rows[claim] == ["1.00 [1.00, 1.00] **holds**", "1.00 [1.00, 1.00] **holds** |"]
 
 # The claims that held at CPU scale (results/README.md, "The imitation gap at CPU scale") on CoordSum-2x2, with
-# the flags of results/reproduce.sh but 3 seeds instead of 5 and a sixth of the budget (196,608 steps, where the
+# the flags of results/reproduce.sh but 3 seeds instead of 5 and a twelfth of the budget (196,608 steps, where the
 # 5-seed curves already show both gaps). This test measured (teacher - student) - (guider - learner) = 33.0 and
 # learner - student = 14.7 (2026-11-28); the margins below are under half of that. About 10 minutes on 2 cores.
 GAP_FLAGS = dict(env_id="coordsum-2x2", num_envs=32, num_seeds=3, num_evaluations=8, total_timesteps=196_608)
