@@ -35,7 +35,6 @@ the teacher Sable's tuned values for that task (benchmark/reference/paper_hyperp
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import json
 import math
@@ -61,6 +60,14 @@ from flax import serialization, traverse_util
 from flax.linen.initializers import constant
 from flax.linen.initializers import orthogonal as flax_orthogonal
 
+try:  # the environments live beside the scripts, in envs.py (PureJaxRL keeps its wrappers so)
+    from envs import EnvSpec, TimeStep, eval_metric_names, headline_metric, make_env
+except ModuleNotFoundError as error:
+    if error.name != "envs":
+        raise
+    sys.exit(f"{os.path.basename(__file__)} needs envs.py beside it: copy envs.py from the repository "
+             "(and coordsum.py for the CoordSum tasks)")
+
 # XLA:CPU in jax 0.10 hands small matmuls to YNNPACK fusions, which made the many tiny steps of the GRU scans
 # about 30% slower on a CPU (README, "JAX 0.6 to 0.10"); off unless XLA_FLAGS says otherwise. Read when the
 # backend starts, not at import; jax before 0.10 does not know the flag.
@@ -76,7 +83,8 @@ ALGORITHM = "ctds"
 class Args:
     env_id: str = "rware-tiny-2ag"
     """environment id `<suite>-<task>`, e.g. rware-tiny-2ag, lbf-2s-8x8-2p-2f-coop, con-5x5x3a,
-    mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10"""
+    mpe-simple_spread_3ag, smax-2s3z, coordsum-3x10; or module:function, a factory of your own environment
+    (README, "Your own environment")"""
     seed: int = 0
     """seed of the first run; the i-th of --num-seeds runs uses seed + i, the seed of a single run with
     --seed seed+i (README, "Many runs in one program": what equals what)"""
@@ -87,16 +95,17 @@ class Args:
     """how that program holds its runs: vmap batches them into every array operation (fast on a GPU); loop
     runs them one after another inside it (on a CPU as fast as separate runs, each run exactly its single
     run); auto: loop on a CPU, vmap elsewhere"""
-    total_timesteps: int = 20_000_000
-    """environment steps per seed (every parallel environment's step counts once)"""
+    total_timesteps: int = 19_988_480
+    """environment steps per seed (every parallel environment's step counts once); the default is the
+    paper's "20M": the 1,220 updates of 128 x 128 steps its runs made"""
     num_envs: int = 128
     """parallel environments per seed (the paper's 64 envs x Mava's update_batch_size 2 = 128 per update)"""
     rollout_length: int = 128
     """environment steps per environment between two updates"""
     num_evaluations: int = 122
-    """evenly spaced evaluation checkpoints over training"""
+    """evenly spaced evaluations over training"""
     num_eval_episodes: int = 32
-    """episodes per checkpoint, for the student and for the teacher; the final absolute metric uses 10x as
+    """episodes per evaluation, for the student and for the teacher; the final absolute metric uses 10x as
     many with the best parameters"""
     evaluation_greedy: bool = False
     """evaluate with the most likely action instead of a sampled one"""
@@ -106,6 +115,10 @@ class Args:
     """wandb project name"""
     wandb_entity: str | None = None
     """wandb entity (team or user)"""
+    wandb_group: str | None = None
+    """wandb group, e.g. one per experiment, so that its runs (several tasks, or commands) show together"""
+    wandb_tags: tuple[str, ...] = ()
+    """wandb tags, beside the script, --env-id and the number of seeds, which are always given"""
     save_model: bool = False
     """write the final and the best parameters of student and teacher as flax msgpack into the run
     directory"""
@@ -168,7 +181,7 @@ class Args:
 
 # Continuous hyperparameters reach `train` as arrays, not constants baked into the trace, so that a grid of
 # them (several values per flag, e.g. the paper's delta x lambda per task) trains in one compiled program like
-# seeds do (the grid helpers below main).
+# seeds do (the grid helpers below).
 HPARAMS = ("gamma", "gae_lambda", "clip_eps", "ent_coef", "vf_coef", "max_grad_norm", "lr")
 
 
@@ -268,7 +281,7 @@ def replay(nets, params, hs, xs, start):
         ]
         return tuple(h for h, _ in steps), tuple(y for _, y in steps)
 
-    # Checkpointed: the backward pass recomputes each step's gates, cheaper on a CPU than saving them.
+    # Rematerialised: the backward pass recomputes each step's gates, cheaper on a CPU than saving them.
     hs, ys = jax.lax.scan(jax.checkpoint(one_step), tuple(hs), (*gru_ins, start))
     return hs, tuple(
         on_all_steps(lambda v: net.apply(p, v, method="head"), y) for net, p, y in zip(nets, params, ys)
@@ -319,12 +332,6 @@ def log_prob_entropy(pi, action, continuous: bool):
     dist = policy_distribution(pi, continuous)
     return action_log_prob(dist, action, continuous), dist.entropy()
 # End of the learner network and distributions.
-
-
-def kl_divergence(pi_p, pi_q, continuous: bool) -> jax.Array:
-    """KL(p || q) per agent. For the tanh-squashed Gaussians that of the pre-tanh Gaussians: a
-    bijection leaves the KL unchanged."""
-    return policy_distribution(pi_p, continuous).kl_divergence(policy_distribution(pi_q, continuous))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,6 +568,12 @@ def decoder_inputs(action, num_actions: int, continuous: bool):
 # =============================================================================================
 # Losses (pure functions on arrays; tests check them on hand-made inputs)
 # =============================================================================================
+def kl_divergence(pi_p, pi_q, continuous: bool) -> jax.Array:
+    """KL(p || q) per agent. For the tanh-squashed Gaussians that of the pre-tanh Gaussians: a
+    bijection leaves the KL unchanged."""
+    return policy_distribution(pi_p, continuous).kl_divergence(policy_distribution(pi_q, continuous))
+
+
 def gae(rewards, values, dones, last_value, gamma, gae_lambda):
     """Generalised advantage estimation, backwards over time (axis 0). `dones[t]` ends the episode
     at transition t: the authors' Mava code bootstraps nothing past it, time limits included."""
@@ -657,11 +670,14 @@ TRAINED = ("guider_params", "actor_params", "guider_opt_state", "actor_opt_state
 class Trainer(NamedTuple):
     init: Callable  # init(key, hp) -> RunnerState
     update: Callable  # update(runner, hp) -> (runner, stats): one rollout and its epochs
-    evaluate_checkpoint: Callable  # evaluate_checkpoint(runner) -> (runner, evaluations), best kept
-    learn: Callable  # learn(runner, hp) -> (runner, metrics): an interval of updates, then the above
-    evaluate: Callable  # evaluate(actor_params, key, num_episodes, record=False) -> the student's metrics
-    evaluate_guider: Callable  # evaluate_guider(guider_params, key, num_episodes, record) -> the teacher's
-    train: Callable  # train(key, hp) -> (runner, metrics of every interval): the whole run, one pure function
+    evaluate_and_keep_best: Callable  # (runner) -> (runner, evaluation): the periodic one, best kept
+    learn: Callable  # learn(runner, hp) -> (runner, metrics): the updates up to an evaluation, then it
+    evaluate_actor: Callable  # (actor_params, key, num_episodes, keep_episode=False) -> the student's metrics
+    evaluate_guider: Callable  # (guider_params, key, num_episodes, keep_episode=False) -> the teacher's
+    # train(key, hp) -> (runner, metrics per evaluation): init, then a run's every update and evaluation in
+    # one pure function (PureJaxRL's shape, to jit or vmap in your own code); main() makes the same
+    # updates one compiled call each (tests/test_e2e.py holds the two equal)
+    train: Callable
     num_updates_per_eval: int
     # Pieces, exposed for tests:
     rollout: Callable  # rollout(runner) -> (runner, trajectory, last value, episode ends)
@@ -695,7 +711,6 @@ def make_env_sharding() -> Callable:
     return shard_envs
 
 
-# The guider's two passes: acting, one step at a time, and training, over whole sequences.
 def per_agent(x, num_agents: int):
     """[..., E] -> [..., E, A]: a per-environment value for every agent of the environment."""
     return jnp.broadcast_to(x[..., None], x.shape + (num_agents,))
@@ -706,6 +721,7 @@ def step_count(ts: TimeStep, start: jax.Array) -> jax.Array:
     return jnp.where(start, 0, ts.episode_length)
 
 
+# The guider's two passes: acting, one step at a time, and training, over whole sequences.
 class Guider(NamedTuple):
     """The teacher, Sable: the acting step (recurrent form) and the training pass (chunkwise)."""
 
@@ -810,6 +826,85 @@ def make_guider(args, env) -> Guider:
 
     return Guider(init, zeros, lambda params, state, ts, start: encode(params, state, ts, start)[0], act,
                   train_pass)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the paper's protocol (README, "What a run writes")
+# ---------------------------------------------------------------------------------------------
+def zeros_h(batch: int, num_agents: int, gru_size: int) -> jax.Array:
+    return jnp.zeros((batch, num_agents, gru_size), jnp.float32)
+
+
+def keep_best(score, best_score, params, best_params):
+    """The better of (score, params) and (best_score, best_params)."""
+    better = score > best_score
+    return jnp.where(better, score, best_score), jax.tree.map(lambda new, old: jnp.where(better, new, old),
+                                                              params, best_params)
+
+
+def make_evaluators(args, env, actor, guider: Guider):
+    """-> (evaluate the student, evaluate the teacher): each (params, key, num_episodes) -> metrics of
+    `num_episodes` episodes, one per environment, run for the time limit; only each environment's
+    first episode counts."""
+    num_agents, continuous = env.num_agents, env.continuous
+
+    def run_episodes(policy_step, policy_state, key, num_episodes, keep_episode):
+        """policy_step(state, ts, start, key) -> (state, env action). With `keep_episode`, also the first
+        environment's steps, for env.animate."""
+        key_reset, key_run = jax.random.split(key)
+        env_state, ts = jax.vmap(env.reset)(jax.random.split(key_reset, num_episodes))
+        zero_f = jnp.zeros((num_episodes,), jnp.float32)
+        carry = (
+            env_state,
+            ts,
+            jnp.ones((num_episodes,), bool),
+            policy_state,
+            jnp.zeros((num_episodes,), bool),
+            zero_f,
+            jnp.zeros((num_episodes,), jnp.int32),
+            zero_f,
+        )
+
+        def one_step(carry, key):
+            env_state, ts, start, policy_state, finished, ret, length, won = carry
+            key_action, key_env = jax.random.split(key)
+            policy_state, env_action = policy_step(policy_state, ts, start, key_action)
+            env_state, ts = env.step_many(jax.random.split(key_env, num_episodes), env_state, env_action)
+            first_end = ts.done & ~finished
+            ret = jnp.where(first_end, ts.episode_return, ret)
+            length = jnp.where(first_end, ts.episode_length, length)
+            won = jnp.where(first_end, ts.won, won)
+            step = {"inner": jax.tree.map(lambda x: x[0], carry[0].inner), "action": env_action[0],
+                    "reward": ts.reward[0], "done": ts.done[0]} if keep_episode else None
+            return (env_state, ts, ts.done, policy_state, finished | ts.done, ret, length, won), step
+
+        carry, episode = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
+        _, _, _, _, _, ret, length, won = carry
+        metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
+        metrics = {name: metrics[name] for name in eval_metric_names(env.suite)}
+        return (metrics, episode) if keep_episode else metrics
+
+    def evaluate(actor_params, key, num_episodes, keep_episode=False):
+        """The student, the deployable policy: each agent acts on its own observation only."""
+        def policy_step(h, ts, start, key):
+            h, out = actor.apply(actor_params, h, ts.obs, per_agent(start, num_agents))
+            pi = mask_logits(out, ts.action_mask, continuous)
+            return h, sample_action(key, pi, continuous, args.evaluation_greedy)[2]
+
+        h = zeros_h(num_episodes, num_agents, args.gru_size)
+        return run_episodes(policy_step, h, key, num_episodes, keep_episode)
+
+    def evaluate_guider(guider_params, key, num_episodes, keep_episode=False):
+        """The teacher, centralised: reported beside the student, never in its place."""
+        def policy_step(state, ts, start, key):
+            state, _, _, env_action, _ = guider.act(
+                guider_params, state, ts, start, key, args.evaluation_greedy
+            )
+            return state, env_action
+
+        return run_episodes(policy_step, guider.zeros(num_episodes), key, num_episodes, keep_episode)
+
+    return evaluate, evaluate_guider
 
 
 def make_train(args: Args, env: EnvSpec) -> Trainer:
@@ -943,11 +1038,11 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
         stats["train_episodes"] = done.sum()
         return runner, stats
 
-    def evaluate_checkpoint(runner: RunnerState):
+    def evaluate_and_keep_best(runner: RunnerState):
         key, key_eval, key_guider = jax.random.split(runner.key, 3)
         evaluation = evaluate(runner.actor_params, key_eval, args.num_eval_episodes)
         guider_evaluation = evaluate_guider(runner.guider_params, key_guider, args.num_eval_episodes)
-        # The best checkpoint by return on every suite, as the authors' code picks it.
+        # The best parameters by evaluation return on every suite, as the authors' code picks them.
         best_score, best_actor = keep_best(evaluation["episode_return"].mean(), runner.best_score,
                                            runner.actor_params, runner.best_actor_params)
         best_guider_score, best_guider = keep_best(guider_evaluation["episode_return"].mean(),
@@ -959,101 +1054,143 @@ def make_train(args: Args, env: EnvSpec) -> Trainer:
 
     def learn(runner: RunnerState, hp):
         runner, stats = jax.lax.scan(lambda r, _: update(r, hp), runner, None, num_updates_per_eval)
-        runner, evaluations = evaluate_checkpoint(runner)
+        runner, evaluations = evaluate_and_keep_best(runner)
         return runner, {**evaluations, "train": stats}
 
     def train(key, hp):
         runner = init(key, hp)
         return jax.lax.scan(lambda r, _: learn(r, hp), runner, None, args.num_evaluations)
 
-    return Trainer(init=init, update=update, evaluate_checkpoint=evaluate_checkpoint, learn=learn,
-                   evaluate=evaluate, evaluate_guider=evaluate_guider, train=train,
+    return Trainer(init=init, update=update, evaluate_and_keep_best=evaluate_and_keep_best, learn=learn,
+                   evaluate_actor=evaluate, evaluate_guider=evaluate_guider, train=train,
                    num_updates_per_eval=num_updates_per_eval, rollout=rollout, loss=loss_fn,
                    guider_train_pass=guider.train_pass, guider_act=guider.act)
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation: the paper's protocol (README, "What a run writes")
-# ---------------------------------------------------------------------------------------------
-def zeros_h(batch: int, num_agents: int, gru_size: int) -> jax.Array:
-    return jnp.zeros((batch, num_agents, gru_size), jnp.float32)
+# =============================================================================================
+# Many runs in one program: seeds and hyperparameter grids (identical in every script)
+# =============================================================================================
+def flag_values(args: Args, name: str) -> tuple[float, ...]:
+    """A HPARAMS flag's values: one, or several for a grid."""
+    value = getattr(args, name)
+    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
 
 
-def keep_best(score, best_score, params, best_params):
-    """The better of (score, params) and (best_score, best_params)."""
-    better = score > best_score
-    return jnp.where(better, score, best_score), jax.tree.map(lambda new, old: jnp.where(better, new, old),
-                                                              params, best_params)
+def each_value(args: Args, names: tuple[str, ...]):
+    """(flag, value) for every value of these HPARAMS flags, so that validate() checks each grid value."""
+    return [(f"--{name.replace('_', '-')}", value) for name in names for value in flag_values(args, name)]
 
 
-def make_evaluators(args, env, actor, guider: Guider):
-    """-> (evaluate the student, evaluate the teacher): each (params, key, num_episodes) -> metrics of
-    `num_episodes` episodes, one per environment, run for the time limit; only each environment's
-    first episode counts."""
-    num_agents, continuous = env.num_agents, env.continuous
+def grid_points(args: Args) -> list[dict[str, float]]:
+    """Every combination of the HPARAMS flags given several values, the last flag varying fastest; [{}] for a
+    run without a grid."""
+    names = [name for name in HPARAMS if len(flag_values(args, name)) > 1]
+    return [dict(zip(names, values)) for values in itertools.product(*(flag_values(args, n) for n in names))]
 
-    def run_episodes(policy_step, policy_state, key, num_episodes, record):
-        """policy_step(state, ts, start, key) -> (state, env action). With `record`, also the first
-        environment's steps, for env.animate."""
-        key_reset, key_run = jax.random.split(key)
-        env_state, ts = jax.vmap(env.reset)(jax.random.split(key_reset, num_episodes))
-        zero_f = jnp.zeros((num_episodes,), jnp.float32)
-        carry = (
-            env_state,
-            ts,
-            jnp.ones((num_episodes,), bool),
-            policy_state,
-            jnp.zeros((num_episodes,), bool),
-            zero_f,
-            jnp.zeros((num_episodes,), jnp.int32),
-            zero_f,
-        )
 
-        def one_step(carry, key):
-            env_state, ts, start, policy_state, finished, ret, length, won = carry
-            key_action, key_env = jax.random.split(key)
-            policy_state, env_action = policy_step(policy_state, ts, start, key_action)
-            env_state, ts = env.step_many(jax.random.split(key_env, num_episodes), env_state, env_action)
-            first_end = ts.done & ~finished
-            ret = jnp.where(first_end, ts.episode_return, ret)
-            length = jnp.where(first_end, ts.episode_length, length)
-            won = jnp.where(first_end, ts.won, won)
-            step = {"inner": jax.tree.map(lambda x: x[0], carry[0].inner), "action": env_action[0],
-                    "reward": ts.reward[0], "done": ts.done[0]} if record else None
-            return (env_state, ts, ts.done, policy_state, finished | ts.done, ret, length, won), step
+def point_name(point: dict[str, float]) -> str:
+    """A grid point's suffix to the algorithm's name in summary.json, metrics.jsonl, wandb and file names: its
+    flags as a command line sets them, values as %g writes them (`ippo--actor_lr=0.001--clip_eps=0.1`,
+    `actor_best--actor_lr=0.001--clip_eps=0.1.msgpack`); '' without a grid. marl-eval refuses a comma in an
+    algorithm's name and lower-cases every key; a shell treats [ ] ; specially; no flag or value holds "--"."""
+    return "".join(f"--{name}={value:g}" for name, value in point.items())
 
-        carry, episode = jax.lax.scan(one_step, carry, jax.random.split(key_run, env.time_limit))
-        _, _, _, _, _, ret, length, won = carry
-        metrics = {"episode_return": ret, "episode_length": length.astype(jnp.float32), "win_rate": won}
-        metrics = {name: metrics[name] for name in eval_metric_names(env.suite)}
-        return (metrics, episode) if record else metrics
 
-    def evaluate(actor_params, key, num_episodes, record=False):
-        """The student, the deployable policy: each agent acts on its own observation only."""
-        def policy_step(h, ts, start, key):
-            h, out = actor.apply(actor_params, h, ts.obs, per_agent(start, num_agents))
-            pi = mask_logits(out, ts.action_mask, continuous)
-            return h, sample_action(key, pi, continuous, args.evaluation_greedy)[2]
+def hparams_from_args(args: Args, point: dict[str, float] | None = None) -> dict[str, jax.Array]:
+    """One run's traced hyperparameters: the flags' values, with a grid point's where one is given."""
+    point = point or {}
+    return {name: jnp.asarray(point.get(name, flag_values(args, name)[0]), jnp.float32) for name in HPARAMS}
 
-        h = zeros_h(num_episodes, num_agents, args.gru_size)
-        return run_episodes(policy_step, h, key, num_episodes, record)
 
-    def evaluate_guider(guider_params, key, num_episodes, record=False):
-        """The teacher, centralised: reported beside the student, never in its place."""
-        def policy_step(state, ts, start, key):
-            state, _, _, env_action, _ = guider.act(
-                guider_params, state, ts, start, key, args.evaluation_greedy
-            )
-            return state, env_action
+def run_inputs(args: Args, seed_offset: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Every run's key and hyperparameters, grid point by grid point: run p * num_seeds + i is point p with
+    seed --seed + i, the seed a single run with the point's values and --seed + i would use."""
+    points = grid_points(args)
+    seeds = np.tile(args.seed + seed_offset + np.arange(args.num_seeds), len(points))
+    hp = jax.tree.map(lambda *xs: jnp.repeat(jnp.stack(xs), args.num_seeds, axis=0),
+                      *(hparams_from_args(args, point) for point in points))
+    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds)), hp
 
-        return run_episodes(policy_step, guider.zeros(num_episodes), key, num_episodes, record)
 
-    return evaluate, evaluate_guider
+def point_runs(args: Args, p: int) -> slice:
+    """Grid point p's runs (its seeds) along the runs' axis."""
+    return slice(p * args.num_seeds, (p + 1) * args.num_seeds)
+
+
+def run_batching(args: Args) -> str:
+    """--run-batching auto: a loop on a CPU, where batching the runs buys no speed (README, "Many runs in one
+    program"), vmap on an accelerator, where it is what makes many runs cheap."""
+    if args.run_batching != "auto":
+        return args.run_batching
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+
+
+def over_runs(fn: Callable, args: Args, in_axes: tuple) -> Callable:
+    """fn over the runs' leading axis (arguments whose in_axes is None are shared by every run). vmap batches
+    the runs into every array operation; loop (lax.map) runs them one after another inside the program,
+    each computing exactly what it computes alone."""
+    if run_batching(args) == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def looped(*xs):
+        def one_run(mapped):
+            mapped = iter(mapped)
+            return fn(*(next(mapped) if axis == 0 else x for x, axis in zip(xs, in_axes)))
+
+        return jax.lax.map(one_run, [x for x, axis in zip(xs, in_axes) if axis == 0])
+
+    return looped
+
+
+def rollout_bytes(args: Args, env: EnvSpec) -> int:
+    """A lower bound on the memory of all runs: the rollout every update keeps whole (observations, action
+    masks, global states) for all seeds and grid points, split over the devices. The update and the networks
+    need more."""
+    per_step = env.num_agents * (4 * env.obs_dim + env.num_actions) + 4 * env.state_dim
+    runs = args.num_seeds * len(grid_points(args))
+    return runs * args.num_envs * args.rollout_length * per_step // jax.device_count()
+
+
+def free_bytes() -> int | None:
+    """Free memory of this host's first device: an accelerator's own, else the host's (MemAvailable)."""
+    stats = jax.local_devices()[0].memory_stats() or {}  # another host's device has none to give
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+FIELDS = {field.name for field in dataclasses.fields(Args)}
+
+
+def check_single_values(argv: list[str]):
+    """A flag outside HPARAMS given several values gets one line, before tyro's box: it changes the arrays'
+    shapes (sizes, epochs, minibatches) or is not a number, so a grid over it cannot share one program."""
+    for i, token in enumerate(argv):
+        name = token[2:].replace("-", "_")
+        if not token.startswith("--") or "=" in token or name in HPARAMS or name not in FIELDS:
+            continue
+        values = list(itertools.takewhile(lambda t: not t.startswith("--"), argv[i + 1:]))
+        if len(values) > 1:
+            grid = ", ".join(f"--{n.replace('_', '-')}" for n in HPARAMS)
+            sys.exit(f"error: {token} takes one value, got {len(values)} ({' '.join(values)}): only {grid} "
+                     f"take several (a grid, trained in one program); run one command per {token} value")
+# End of the grid helpers.
 
 
 # =============================================================================================
-# Command line: validation, outputs, progress
+# Command line: what this script reports, and every flag checked before anything compiles
 # =============================================================================================
+# The policies a run trains and reports: the prefix of their metrics -> (their name in messages, the
+# RunnerState field of their parameters and their saved files' name, the Trainer's evaluator).
+POLICIES = {"": ("student", "actor", "evaluate_actor"), "guider_": ("teacher", "guider", "evaluate_guider")}
+# Its losses, watched for non-finite values and divergence.
+LOSSES = ("guider_loss", "value_loss", "entropy", "distill_loss")
+
+
 class UsageError(ValueError):
     """A bad command-line value; the message names the flag and what it accepts."""
 
@@ -1124,7 +1261,7 @@ def validate(args: Args) -> EnvSpec:
     if args.total_timesteps < steps_per_update * args.num_evaluations:
         raise UsageError(
             f"--total-timesteps ({args.total_timesteps}) is too small for --num-evaluations "
-            f"({args.num_evaluations}): each checkpoint needs at least one update of --num-envs x "
+            f"({args.num_evaluations}): each evaluation needs at least one update of --num-envs x "
             f"--rollout-length = {steps_per_update} steps, so use at least "
             f"{steps_per_update * args.num_evaluations} or fewer evaluations"
         )
@@ -1148,767 +1285,14 @@ def validate(args: Args) -> EnvSpec:
     return env
 
 
-LOSSES = ("guider_loss", "value_loss", "entropy", "distill_loss")
-
-
-def first_non_finite(train_stats: dict) -> tuple[int, list[int]] | None:
-    """The first update (within the interval) whose losses are not finite, and the runs where they are not."""
-    losses = np.stack([np.asarray(train_stats[k]) for k in LOSSES], axis=-1)
-    finite = np.isfinite(losses).all(axis=-1)  # [runs, updates]
-    if finite.all():
-        return None
-    update = int(np.argmax(~finite.all(axis=0)))
-    return update, np.flatnonzero(~finite[:, update]).tolist()
-
-
-# A loss this large is finite, but the run has diverged (a value loss of 5e31 at a learning rate of 1e6).
-LOSS_WARNING = 1e8
-
-
-def exploded_loss(train_stats: dict) -> tuple[str, float] | None:
-    """The first of LOSSES whose magnitude passed LOSS_WARNING in this interval, with its largest value."""
-    for name in LOSSES:
-        peak = float(np.nanmax(np.abs(np.asarray(train_stats[name]))))
-        if peak > LOSS_WARNING:
-            return name, peak
-    return None
-
-
-def rollout_bytes(args: Args, env: EnvSpec) -> int:
-    """A lower bound on a run's memory: the rollout every update keeps whole (observations, action masks,
-    global states) for all seeds and grid points, split over the devices. The update and the networks need
-    more."""
-    per_step = env.num_agents * (4 * env.obs_dim + env.num_actions) + 4 * env.state_dim
-    runs = args.num_seeds * len(grid_points(args))
-    return runs * args.num_envs * args.rollout_length * per_step // jax.device_count()
-
-
-def free_bytes() -> int | None:
-    """Free memory of this host's first device: an accelerator's own, else the host's (MemAvailable)."""
-    stats = jax.local_devices()[0].memory_stats() or {}  # another host's device has none to give
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-# The policies a run trains and reports: the prefix of their metrics -> (their name in messages, the
-# RunnerState field of their parameters and their saved files' name, the Trainer's evaluator).
-POLICIES = {"": ("student", "actor", "evaluate"), "guider_": ("teacher", "guider", "evaluate_guider")}
-
-
-def main(args: Args) -> str | dict:
-    try:
-        args = resumed_args(args)
-        env = validate(args)
-        trainer, hp = make_train(args, env), hparams_from_args(args)
-        saved = load_policy(args, trainer, hp) if args.evaluate else None
-    except UsageError as error:
-        sys.exit(f"error: {error}")
-    if saved is not None:
-        return evaluate_policy(args, env, trainer, *saved)
-    if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
-        args = dataclasses.replace(
-            args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False, save_model=False
-        )
-    run_dir = args.resume
-    if run_dir is None:
-        try:
-            run_dir = make_run_dir(args)
-        except OSError as error:  # read-only, a file in the way, /proc, ...: before anything compiles
-            sys.exit(f"error: --output-dir {args.output_dir!r} cannot hold a run directory: "
-                     f"{error.strerror or error}")
-    points = grid_points(args)  # [{}] without a grid
-    grid = f" x {len(points)} grid points" if points[0] else ""
-    print(
-        f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
-        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s){grid}, "
-        f"{run_batching(args)}; {'resuming' if args.resume else 'writing'} {run_dir}", flush=True
-    )
-    keys, hp = run_inputs(args)
-    init = jax.jit(over_runs(trainer.init, args, (0, 0)))
-    # One update per call, so that progress and Ctrl-C are served between updates.
-    step = jax.jit(over_runs(update_then_checkpoint(trainer), args, (0, 0, None)), donate_argnums=0)
-    evaluators = {
-        prefix: jax.jit(over_runs(getattr(trainer, evaluator), args, (0, 0, None)), static_argnums=2)
-        for prefix, (_, _, evaluator) in POLICIES.items()
-    }
-    steps_per_update = args.num_envs * args.rollout_length
-    steps_per_interval = trainer.num_updates_per_eval * steps_per_update
-    if steps_per_interval * args.num_evaluations < args.total_timesteps:
-        print(f"note: training {steps_per_interval * args.num_evaluations} steps per seed "
-              f"(whole updates per checkpoint), not {args.total_timesteps}")
-
-    def build():
-        runner = init(keys, hp)
-        return runner, step.lower(runner, hp, True).compile()
-
-    t0 = time.time()
-    runner, step = while_compiling(build, args, None if args.resume else run_dir)
-    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
-    if jax.process_count() > 1:
-        # Hosts compile at different speeds, and gloo gives up on a peer after 30 s at the first collective:
-        # wait for every host at the coordination service's barrier (no collective) first.
-        from jax._src import distributed
-
-        distributed.global_state.client.wait_at_barrier("magpo-jax-compiled", 3_600_000)
-        store = None
-        print("note: --distributed runs write no checkpoints, so they cannot be resumed")
-    else:
-        store = checkpoint_manager(run_dir)
-    checkpoints, absolute, metric = [], {}, headline_metric(env.suite)
-    first, wall_before, warned = 0, 0.0, False
-    if args.resume:
-        runner, saved_state = restore_checkpoint(store, runner)
-        first, wall_before, warned = saved_state["interval"], saved_state["wall_time"], saved_state["warned"]
-        checkpoints = saved_state["checkpoints"]
-        keep_first_lines(os.path.join(run_dir, "metrics.jsonl"), first * len(points))
-        print(f"resumed after checkpoint {first} (step {first * steps_per_interval:,})", flush=True)
-    wandb_run = None
-    if args.track:
-        import wandb
-
-        wandb_run = wandb.init(
-            project=args.wandb_project,
-            entity=args.wandb_entity,
-            config=dataclasses.asdict(args),
-            name=os.path.basename(os.path.normpath(run_dir)),
-            dir=run_dir,
-        )
-
-    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
-    train_start, exit_message, stop = time.time(), None, StopRequest()
-    updates_done, last_report, latest = first * trainer.num_updates_per_eval, time.time(), None
-    total_updates = args.num_evaluations * trainer.num_updates_per_eval
-
-    def elapsed():
-        return wall_before + time.time() - train_start
-
-    def report():  # a progress line between checkpoints
-        rate = (updates_done - first * trainer.num_updates_per_eval) / max(time.time() - train_start, 1e-9)
-        ended = latest is not None and np.sum(latest["train_episodes"]) > 0
-        returns = f"{np.mean(latest['train_episode_return']):.3f}" if ended else "-"
-        # Before the first update has finished (one can outlast --progress-seconds) there is no rate yet.
-        eta = format_duration((total_updates - updates_done) / rate) if rate > 0 else "-"
-        print(f"      step {updates_done * steps_per_update:>11,} | {rate * steps_per_update:>9,.0f} sps | "
-              f"training return {returns} | ETA {eta}", flush=True)
-
-    try:
-        for i in range(first, args.num_evaluations):
-            stats = []
-            for u in range(trainer.num_updates_per_eval):
-                runner, update_stats, evaluations = step(runner, hp, u == trainer.num_updates_per_eval - 1)
-                # At most this update in flight: Ctrl-C then stops within one update.
-                while stats and not all(x.is_ready() for x in jax.tree.leaves(stats[-1])):
-                    time.sleep(0.02)
-                    if time.time() - last_report >= args.progress_seconds:
-                        report()
-                        last_report = time.time()
-                if stats:
-                    updates_done, latest = updates_done + 1, jax.device_get(stats[-1])
-                stats.append(update_stats)
-                if stop.requested:
-                    break
-            if stop.requested:
-                exit_message = (f"stopped: {i} checkpoint(s) kept in {run_dir}; continue with "
-                                f"python {ALGORITHM}.py --resume {run_dir}")
-                break
-            out = {**jax.device_get(evaluations),
-                   "train": jax.tree.map(lambda *xs: np.stack(xs, axis=-1), *jax.device_get(stats))}
-            updates_done, last_report = (i + 1) * trainer.num_updates_per_eval, time.time()
-            bad = first_non_finite(out["train"])
-            if bad is not None:
-                update_number = i * trainer.num_updates_per_eval + bad[0] + 1
-                where = sorted({ALGORITHM + point_name(points[r // args.num_seeds]) for r in bad[1]})
-                exit_message = (f"error: non-finite loss at update {update_number} (checkpoint {i + 1})"
-                                f"{' in ' + ', '.join(where) if grid else ''}; stopping. Metrics so far are "
-                                f"in {run_dir}/metrics.jsonl")
-                break
-            exploded = exploded_loss(out["train"])
-            if exploded is not None and not warned:
-                warned = True  # once: a diverged run would repeat it at every checkpoint
-                print(f"warning: {exploded[0]} reached {exploded[1]:.3g} by checkpoint {i + 1} (above "
-                      f"{LOSS_WARNING:.0e}): the run is likely diverging; a lower learning rate usually "
-                      "helps",
-                      file=sys.stderr, flush=True)
-            env_steps = (i + 1) * steps_per_interval
-            records = checkpoint_records(args, points, out, {
-                "checkpoint": i + 1, "env_steps": env_steps, "wall_time": round(elapsed(), 3),
-                "sps": round(env_steps / elapsed(), 1)})
-            metrics_file.writelines(json.dumps(record) + "\n" for record in records)
-            metrics_file.flush()
-            checkpoints.append({"env_steps": env_steps, **{f"{p}eval": out[f"{p}eval"] for p in POLICIES}})
-            if store is not None:  # after the metrics line: a resumed run rewrites lines past its checkpoint
-                save_checkpoint(store, i + 1, runner, {"interval": i + 1, "wall_time": elapsed(),
-                                                       "warned": warned, "checkpoints": checkpoints})
-            # In a grid, the point whose deployable policy scores best so far (mean over its seeds).
-            record = max(records, key=lambda r: np.mean(r[f"{metric}_mean"]))
-            scores = [f"{name} {metric} {np.mean(record[f'{prefix}{metric}_mean']):8.3f}"
-                      for prefix, (name, _, _) in POLICIES.items()]
-            spread = (
-                np.std(record[f"{metric}_mean"]) if args.num_seeds > 1 else np.mean(record[f"{metric}_std"])
-            )
-            eta = (time.time() - train_start) / (i + 1 - first) * (args.num_evaluations - i - 1)
-            print(f"[{i + 1:>3}/{args.num_evaluations}] step {env_steps:>11,} | {record['sps']:>9,.0f} sps | "
-                  f"{'best ' + record['algorithm'] + ': ' if grid else ''}"
-                  f"{scores[0]} ± {spread:.3f}{''.join(' | ' + s for s in scores[1:])} | "
-                  f"ETA {format_duration(eta)}", flush=True)
-            if wandb_run is not None:  # a grid's points as `ippo[actor_lr=0.001]/episode_return_mean`
-                wandb_run.log({f"{r['algorithm'] + '/' if grid else ''}{k}": float(np.mean(v))
-                               for r in records for k, v in r.items()
-                               if k not in ("checkpoint", "algorithm", *points[0])}, step=env_steps)
-        else:
-            key_abs, _ = run_inputs(args, seed_offset=10_000)
-            for prefix, (name, field, _) in POLICIES.items():
-                absolute[prefix] = jax.device_get(
-                    evaluators[prefix](getattr(runner, f"best_{field}_params"), key_abs,
-                                       10 * args.num_eval_episodes)
-                )
-                for p, point in enumerate(points):
-                    means = np.asarray(absolute[prefix][metric])[point_runs(args, p)].mean(axis=-1)
-                    of = f" of {ALGORITHM}{point_name(point)}" if grid else ""
-                    print(f"absolute {metric} of the {name}{of} (best parameters, "
-                          f"{10 * args.num_eval_episodes} episodes): {means.mean():.3f} ± {means.std():.3f} "
-                          f"over {args.num_seeds} seed(s)")
-            if args.capture_video:  # the first seed of the best grid point
-                field = POLICIES[""][1]
-                scores = np.asarray(absolute[""][metric]).mean(axis=-1).reshape(len(points), -1).mean(axis=-1)
-                p = int(np.argmax(scores))
-                best = getattr(runner, f"best_{field}_params")
-                params = jax.tree.map(lambda x: x[point_runs(args, p)], best)
-                video = write_video(args, env, trainer, "", params,
-                                    os.path.join(run_dir, f"{field}_best{point_name(points[p])}.gif"))
-                if wandb_run is not None and video is not None:
-                    wandb_run.log({"video": wandb.Video(video, format="gif")})
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
-        exit_message = (f"interrupted; {len(checkpoints)} checkpoint(s) kept in {run_dir}/metrics.jsonl; "
-                        f"continue with python {ALGORITHM}.py --resume {run_dir}")
-    finally:
-        stop.release()
-        metrics_file.close()
-        # The first policy under this script's name (the deployable one); the guider beside it.
-        summary = {}
-        for (p, point), prefix in itertools.product(enumerate(points), POLICIES):
-            algorithm = (f"{ALGORITHM}_{prefix[:-1]}" if prefix else ALGORITHM) + point_name(point)
-            part = marl_eval_summary(env, args, checkpoints, absolute.get(prefix), algorithm, f"{prefix}eval",
-                                     point_runs(args, p))
-            for task, algorithms in part[env.suite].items():
-                summary.setdefault(env.suite, {}).setdefault(task, {}).update(algorithms)
-        with open(os.path.join(run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f)
-        if args.save_model and checkpoints:
-            save_parameters(args, points, runner, run_dir)
-        if wandb_run is not None:
-            wandb_run.finish()
-    if exit_message:
-        sys.exit(exit_message)
-    return run_dir
-
-
 # =============================================================================================
-# Environment adapter (identical in every script; tests/test_consistency.py holds them together)
-# =============================================================================================
-# make_env(env_id) -> EnvSpec with pure reset(key) / step(key, env_state, actions) and automatic
-# reset inside step. It feeds the networks what the authors' Mava wrappers fed theirs
-# (tests/test_parity_authors.py compares them step by step; README, "How this follows the authors' code"):
-# * obs [agents, obs_dim]: a one-hot agent id, then the suite's own view of each agent;
-# * state [state_dim]: the centralised critic's input, all agents' views without ids (SMAX: its world state);
-# * reward: the team reward whose episode sum Mava reports as the return;
-# * done: the episode ended, for any reason; Mava's recurrent systems bootstrap nothing past it.
-#   `terminated` marks only real terminal events, not time limits.
-class TimeStep(NamedTuple):
-    obs: jax.Array  # float32 [A, obs_dim], one-hot agent id first
-    action_mask: jax.Array  # bool [A, num_actions]
-    state: jax.Array  # float32 [state_dim]
-    reward: jax.Array  # float32 [], team reward of the transition into this timestep
-    done: jax.Array  # bool [], the episode ended here (terminated or truncated)
-    terminated: jax.Array  # bool [], real terminal (no bootstrap)
-    episode_return: jax.Array  # float32 [], running; the finished episode's where done
-    episode_length: jax.Array  # int32 [], running; the finished episode's where done
-    won: jax.Array  # float32 [], 1.0 where an episode ended in a win
-
-
-class EnvSpec(NamedTuple):
-    env_id: str
-    suite: str
-    num_agents: int
-    obs_dim: int
-    state_dim: int
-    num_actions: int  # discrete: actions per agent; continuous: action dimension
-    continuous: bool
-    time_limit: int  # steps in an episode that runs to its time limit
-    reset: Callable  # reset(key) -> (env_state, TimeStep)
-    step: Callable  # step(key, env_state, actions) -> (env_state, TimeStep), auto-resets
-    # step_many(keys [E], env_states, actions [E, ...]) -> jax.vmap(step)'s result, but the next
-    # episodes' first timesteps are built only on steps where some episode ended
-    step_many: Callable
-    # animate(episode, path) writes a GIF of a recorded episode, on the host, outside anything jitted;
-    # `episode` holds per step the inner state before it, the actions, the team reward and the done flag
-    animate: Callable
-
-
-class EnvState(NamedTuple):
-    inner: object  # the wrapped env's own state
-    episode_return: jax.Array  # float32 []
-    episode_length: jax.Array  # int32 []
-
-
-# Tasks of the paper (keys `<suite>-<task>`, connector ids carry their suite already). Values as in
-# the authors' scenario configs (mava/configs/env/scenario/*.yaml).
-# RWARE (column_height 8, sensor_range 1, time limit 500): (shelf_rows, shelf_columns, agents, queue)
-_RWARE = {
-    "tiny-2ag": (1, 3, 2, 2), "tiny-2ag-hard": (1, 3, 2, 1), "tiny-4ag": (1, 3, 4, 4),
-    "tiny-4ag-easy": (1, 3, 4, 8), "tiny-4ag-hard": (1, 3, 4, 2), "small-4ag": (2, 3, 4, 4),
-    "small-4ag-hard": (2, 3, 4, 2), "medium-4ag": (2, 5, 4, 4), "medium-4ag-hard": (2, 5, 4, 2),
-    "medium-6ag": (2, 5, 6, 6), "large-4ag": (3, 5, 4, 4), "large-4ag-hard": (3, 5, 4, 2),
-    "large-8ag": (3, 5, 8, 8), "large-8ag-hard": (3, 5, 8, 4), "xlarge-4ag": (4, 5, 4, 4),
-    "xlarge-4ag-hard": (4, 5, 4, 2),
-}
-# LBF (max_agent_level 2, time limit 100): (grid_size, fov, agents, food, force_coop)
-_LBF = {
-    "2s-8x8-2p-2f-coop": (8, 2, 2, 2, True), "8x8-2p-2f-coop": (8, 8, 2, 2, True),
-    "2s-10x10-3p-3f": (10, 2, 3, 3, False), "10x10-3p-3f": (10, 10, 3, 3, False),
-    "15x15-3p-5f": (15, 15, 3, 5, False), "15x15-4p-3f": (15, 15, 4, 3, False),
-    "15x15-4p-5f": (15, 15, 4, 5, False),
-}
-# Connector: (grid_size, agents, time limit)
-_CONNECTOR = {
-    "con-5x5x3a": (5, 3, 25), "con-7x7x5a": (7, 5, 49), "con-10x10x10a": (10, 10, 100),
-    "con-15x15x23a": (15, 23, 225),
-}
-# MPE simple_spread_v3 (continuous actions, local_ratio 0.5, max_steps 25): agents = landmarks
-_MPE = {"simple_spread_3ag": 3, "simple_spread_5ag": 5, "simple_spread_10ag": 10}
-# SMAX HeuristicEnemySMAX maps (see_enemy_actions, walls_cause_death, attack_mode "closest")
-_SMAX = ("2s3z", "3s5z", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "3s5z_vs_3s6z", "3s_vs_5z",
-         "6h_vs_8z", "smacv2_5_units", "smacv2_10_units")
-# CoordSum (coordsum.py, imported only when a CoordSum task is made): the authors' registered tasks; any
-# other coordsum-<agents>x<actions> builds too.
-_COORDSUM = ("3x10", "3x30", "5x20", "8x15")
-
-ENV_IDS = (
-    [f"rware-{t}" for t in _RWARE] + [f"lbf-{t}" for t in _LBF] + list(_CONNECTOR)
-    + [f"mpe-{t}" for t in _MPE] + [f"smax-{t}" for t in _SMAX]
-    + [f"coordsum-{t}" for t in _COORDSUM]
-)
-
-
-def _where(pred, a, b):
-    """Pick pytree `a` where the scalar `pred` holds, else `b` (leafwise)."""
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
-
-
-def _strong(tree):
-    """Drop weak types (some envs build their reset state from Python scalars), so that reset's
-    and step's env states have identical types and jitted callers never retrace."""
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), tree)
-
-
-def _with_agent_id(view):
-    """Mava's AgentIDWrapper: one-hot agent id in front of each agent's (float) view."""
-    n = view.shape[0]
-    return jnp.concatenate([jnp.eye(n, dtype=jnp.float32), view.astype(jnp.float32)], axis=-1)
-
-
-def _build(env_id, suite, num_agents, num_actions, continuous, time_limit, core_reset, core_step, animate,
-           staggered_ends=False):
-    """Wrap a suite's core functions into EnvSpec.reset/step/step_many with auto-reset and metrics.
-
-    core_reset(key) -> (inner, view [A, d], mask [A, n], state [s])
-    core_step(key, inner, actions) -> (inner, view, mask, state, reward, done, terminated, won),
-        all describing the transition, before any reset.
-    `view` is the suite's per-agent view without the agent id.
-    staggered_ends: episodes often end before the time limit, at different steps in different
-    environments (LBF, Connector, SMAX), so that nearly every step resets some environment.
-    """
-
-    def reset(key):
-        inner, view, mask, state = core_reset(key)
-        env_state = EnvState(_strong(inner), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        ts = TimeStep(
-            obs=_with_agent_id(view), action_mask=mask.astype(bool),
-            state=state.astype(jnp.float32), reward=jnp.zeros((), jnp.float32),
-            done=jnp.zeros((), bool), terminated=jnp.zeros((), bool),
-            episode_return=jnp.zeros((), jnp.float32), episode_length=jnp.zeros((), jnp.int32),
-            won=jnp.zeros((), jnp.float32),
-        )
-        return env_state, ts
-
-    def transition(key, env_state, actions):
-        """One environment's step before any reset: (next fields, outcome, key for a reset)."""
-        step_key, reset_key = jax.random.split(key)
-        inner, view, mask, state, reward, done, terminated, won = core_step(
-            step_key, env_state.inner, actions
-        )
-        outcome = (jnp.asarray(reward, jnp.float32), jnp.asarray(done, bool), jnp.asarray(terminated, bool),
-                   jnp.asarray(won, bool))
-        return (inner, view, mask, state), outcome, reset_key
-
-    def restart(reset_key, done, fields):
-        """Where the episode ended, the next episode's first fields replace the step's."""
-        return _strong(_where(done, core_reset(reset_key), fields))
-
-    def finish(env_state, fields, outcome):
-        inner, view, mask, state = fields
-        reward, done, terminated, won = outcome
-        ep_return = env_state.episode_return + reward
-        ep_length = env_state.episode_length + 1
-        ts = TimeStep(
-            obs=_with_agent_id(view), action_mask=mask.astype(bool),
-            state=state.astype(jnp.float32), reward=reward, done=done,
-            terminated=terminated & done,
-            episode_return=ep_return, episode_length=ep_length,
-            won=(won & done).astype(jnp.float32),
-        )
-        env_state = EnvState(
-            _strong(inner),
-            jnp.where(done, jnp.zeros((), jnp.float32), ep_return),
-            jnp.where(done, jnp.zeros((), jnp.int32), ep_length),
-        )
-        return env_state, ts
-
-    def step(key, env_state, actions):
-        fields, outcome, reset_key = transition(key, env_state, actions)
-        return finish(env_state, restart(reset_key, outcome[1], fields), outcome)
-
-    def step_many(keys, env_states, actions):
-        # Inside a vmap a cond runs both branches, so vmap(step) would reset every environment on
-        # every step; one cond outside the vmap skips the resets on steps where no episode ended.
-        # Suites whose episodes end at different steps gain nothing from it (README, "Where the time goes").
-        if staggered_ends:
-            return jax.vmap(step)(keys, env_states, actions)
-        fields, outcome, reset_keys = jax.vmap(transition)(keys, env_states, actions)
-        done = outcome[1]
-        fields = jax.lax.cond(done.any(), lambda f: jax.vmap(restart)(reset_keys, done, f), _strong, fields)
-        return jax.vmap(finish)(env_states, fields, outcome)
-
-    # Shapes come from one abstract evaluation of reset (nothing is compiled or run).
-    _, ts = jax.eval_shape(reset, jax.random.PRNGKey(0))
-    return EnvSpec(
-        env_id=env_id, suite=suite, num_agents=num_agents, obs_dim=int(ts.obs.shape[-1]),
-        state_dim=int(ts.state.shape[-1]), num_actions=num_actions, continuous=continuous,
-        time_limit=time_limit, reset=reset, step=step, step_many=step_many, animate=animate,
-    )
-
-
-def _episode_states(episode) -> list:
-    """The inner states of a recorded episode up to its last step (the state after that step is already
-    the next episode's first: the adapter resets inside step)."""
-    done = np.asarray(episode["done"])
-    length = int(np.argmax(done)) + 1 if done.any() else len(done)
-    return [jax.tree.map(lambda x: x[t], episode["inner"]) for t in range(length)]
-
-
-def _gif_output():
-    """matplotlib without a display, writing GIFs with Pillow (no ffmpeg needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["animation.writer"] = "pillow"
-
-
-def _jumanji_core(env, make_view, team_reward, terminated_fn, won_fn):
-    """Core functions for a jumanji multi-agent env (RWARE, LBF, Connector)."""
-
-    def core_reset(key):
-        inner, ts = env.reset(key)
-        view = make_view(inner, ts.observation)
-        return inner, view, ts.observation.action_mask, view.reshape(-1)
-
-    def core_step(key, inner, actions):
-        del key  # jumanji envs keep their randomness in their state
-        nxt, ts = env.step(inner, actions)
-        view = make_view(nxt, ts.observation)
-        done = ts.last()
-        return (nxt, view, ts.observation.action_mask, view.reshape(-1),
-                team_reward(ts.reward), done, terminated_fn(nxt, ts), won_fn(nxt))
-
-    def animate(episode, path):
-        import matplotlib.pyplot as plt
-
-        _gif_output()
-        env.animate(_episode_states(episode), interval=150, save_path=path)
-        plt.close("all")
-
-    return core_reset, core_step, animate
-
-
-def _connector_views(inner, grid_size, num_agents):
-    """Mava's VectorConnectorWrapper view, computed without per-agent loops: per agent,
-    [own head (row, col) / grid_size**2, own target (row, col) / grid_size**2 ((0, 0) once
-    connected), 5x5 window of blockers (heads 1, paths -1, else 0, outside the grid 1),
-    5x5 window of targets (own 1, others -1, else 0, outside the grid 1)] -> 54 floats.
-    Grid cells: 0 empty; for agent i: 1 + 3i path, 2 + 3i head, 3 + 3i target."""
-    grid = inner.grid
-    pos, tgt = inner.agents.position, inner.agents.target  # int32 [A, 2] (row, col)
-    kind = grid % 3
-    blockers = jnp.where((grid > 0) & (kind == 2), 1, jnp.where(kind == 1, -1, 0))
-    owner = jnp.where((grid > 0) & (kind == 0), grid // 3 - 1, -1)  # whose target, -1 none
-    blockers = jnp.pad(blockers, 2, constant_values=1)
-    owner = jnp.pad(owner, 2, constant_values=-2)  # -2: outside the grid
-    rows = pos[:, 0, None, None] + jnp.arange(5)[None, :, None]  # padded coords of the window
-    cols = pos[:, 1, None, None] + jnp.arange(5)[None, None, :]
-    block_win = blockers[rows, cols]
-    own_win = owner[rows, cols]
-    ids = jnp.arange(num_agents)[:, None, None]
-    target_win = jnp.where((own_win == -2) | (own_win == ids), 1, jnp.where(own_win >= 0, -1, 0))
-    connected = jnp.all(pos == tgt, axis=-1, keepdims=True)
-    scale = float(grid_size * grid_size)  # Mava divides coordinates by grid.size (sic)
-    return jnp.concatenate([
-        pos / scale, jnp.where(connected, 0, tgt) / scale,
-        block_win.reshape(num_agents, 25), target_win.reshape(num_agents, 25),
-    ], axis=-1).astype(jnp.float32)
-
-
-def _make_rware(env_id, task):
-    from jumanji.environments import RobotWarehouse
-    from jumanji.environments.routing.robot_warehouse import utils as rware_utils
-    from jumanji.environments.routing.robot_warehouse.generator import RandomGenerator
-
-    rows, cols, n, queue = _RWARE[task]
-    generator = RandomGenerator(shelf_rows=rows, shelf_columns=cols, column_height=8,
-                                num_agents=n, sensor_range=1, request_queue_size=queue)
-    env = RobotWarehouse(generator=generator, time_limit=500)
-    ids = jnp.arange(n)
-
-    def terminated(nxt, ts):
-        # jumanji ends RWARE on a collision or at the horizon, both with discount 0; only the
-        # collision is a real terminal.
-        collide = jax.vmap(rware_utils.is_collision, in_axes=(None, 0, 0))
-        return jnp.any(collide(nxt.grid, nxt.agents, ids))
-
-    core = _jumanji_core(
-        env, make_view=lambda s, o: o.agents_view.astype(jnp.float32),
-        team_reward=lambda r: r,  # already the shared team reward (scalar)
-        terminated_fn=terminated, won_fn=lambda s: jnp.zeros((), bool))
-    return _build(env_id, "rware", n, 5, False, 500, *core)
-
-
-def _make_lbf(env_id, task):
-    from jumanji.environments import LevelBasedForaging
-    from jumanji.environments.routing.lbf.generator import RandomGenerator
-
-    grid, fov, n, food, coop = _LBF[task]
-    generator = RandomGenerator(grid_size=grid, fov=fov, num_agents=n, num_food=food,
-                                max_agent_level=2, force_coop=coop)
-    env = LevelBasedForaging(generator=generator, time_limit=100)
-    core = _jumanji_core(
-        env, make_view=lambda s, o: o.agents_view.astype(jnp.float32),
-        team_reward=jnp.sum,  # Mava's aggregate_rewards
-        # jumanji: termination (discount 0) once all food is eaten, truncation at the limit
-        terminated_fn=lambda s, ts: jnp.all(ts.discount == 0),
-        won_fn=lambda s: jnp.zeros((), bool))
-    return _build(env_id, "lbf", n, 6, False, 100, *core, staggered_ends=True)
-
-
-def _make_connector(env_id, task):
-    # The paper ran Connector-v2, whose board generator jumanji 1.1.2 keeps as LegacyRandomWalkGenerator
-    # (README, "How this follows the authors' code"). Views are Mava's flat per-agent vectors.
-    from jumanji.environments import Connector
-    from jumanji.environments.routing.connector.generator import LegacyRandomWalkGenerator
-
-    g, n, limit = _CONNECTOR[task]
-    env = Connector(generator=LegacyRandomWalkGenerator(grid_size=g, num_agents=n),
-                    time_limit=limit)
-    core = _jumanji_core(
-        env, make_view=lambda s, o: _connector_views(s, g, n),
-        team_reward=jnp.sum,  # Mava's aggregate_rewards
-        terminated_fn=lambda s, ts: jnp.all(ts.discount == 0),
-        won_fn=lambda s: jnp.all(jnp.all(s.agents.position == s.agents.target, axis=-1)))
-    return _build(env_id, "connector", n, 5, False, limit, *core, staggered_ends=True)
-
-
-def _jaxmarl_core(env, agents, make_state, make_mask, team_reward, terminated_fn, won_fn, actions_fn,
-                  animate):
-    """Core functions for a jaxmarl env, stepping with `step_env` (no reset inside) so that the
-    ended episode's state stays visible; the adapter resets once per step instead of jaxmarl's
-    reset plus Mava's second one."""
-
-    def stack(d):
-        return jnp.stack([d[a] for a in agents]).astype(jnp.float32)
-
-    def core_reset(key):
-        obs, inner = env.reset(key)
-        views = stack(obs)
-        return inner, views, make_mask(inner), make_state(obs, views)
-
-    def core_step(key, inner, actions):
-        obs, nxt, reward, dones, _ = env.step_env(key, inner, actions_fn(actions))
-        rewards = jnp.stack([reward[a] for a in agents]).astype(jnp.float32)
-        views = stack(obs)
-        return (nxt, views, make_mask(nxt), make_state(obs, views), team_reward(rewards),
-                dones["__all__"], terminated_fn(nxt), won_fn(rewards))
-
-    return core_reset, core_step, animate
-
-
-def _make_mpe(env_id, task):
-    import jaxmarl
-
-    n = _MPE[task]
-    env = jaxmarl.make("MPE_simple_spread_v3", num_agents=n, num_landmarks=n, local_ratio=0.5,
-                       action_type="Continuous", max_steps=25)
-    agents = list(env.agents)
-    act_dim = int(env.action_space(agents[0]).shape[0])  # 5: [no-op, -x, +x, -y, +y]
-
-    def animate(episode, path):
-        import contextlib
-        import io
-
-        import matplotlib.pyplot as plt
-        from jaxmarl.environments.mpe import MPEVisualizer
-
-        _gif_output()
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints whether the agents communicate
-            MPEVisualizer(env, _episode_states(episode)).animate(save_fname=path, view=False)
-        plt.close("all")
-
-    def actions_fn(actions):
-        # Mava hands its tanh-squashed actions in [-1, 1] to the env unchanged (no rescaling to
-        # the declared Box [0, 1]); the env uses (a2 - a1, a4 - a3) * accel without clipping.
-        return {a: actions[i] for i, a in enumerate(agents)}
-
-    core = _jaxmarl_core(
-        env, agents,
-        # The state is read off the same array as the views: built apart, XLA may round them apart.
-        make_state=lambda obs, views: views.reshape(-1),
-        make_mask=lambda s: jnp.ones((n, act_dim), bool),
-        team_reward=jnp.mean,  # Mava's episode return: mean of the per-agent rewards
-        terminated_fn=lambda s: jnp.zeros((), bool),  # MPE episodes only end at the limit
-        won_fn=lambda r: jnp.zeros((), bool), actions_fn=actions_fn, animate=animate)
-    # jaxmarl ends an MPE episode when the pre-step counter reaches max_steps: 26 transitions.
-    return _build(env_id, "mpe", n, act_dim, True, 26, *core)
-
-
-def _make_smax(env_id, task):
-    import jaxmarl
-    from jaxmarl.environments.smax import map_name_to_scenario
-
-    env = jaxmarl.make("HeuristicEnemySMAX", scenario=map_name_to_scenario(task),
-                       see_enemy_actions=True, walls_cause_death=True, attack_mode="closest")
-    agents = list(env.agents)
-    n = len(agents)
-    num_actions = int(env.action_space(agents[0]).n)
-
-    def animate(episode, path):
-        # Drawn here rather than by jaxmarl's SMAXVisualizer, which compiles conds for every frame it draws
-        # (over ten minutes for one 2s3z episode on a CPU): one frame per step, allies blue, enemies red,
-        # each unit at its size, paler as it loses health.
-        import matplotlib.pyplot as plt
-        from matplotlib.animation import FuncAnimation
-        from matplotlib.patches import Circle
-
-        _gif_output()
-        states = [jax.tree.map(np.asarray, s.state) for s in _episode_states(episode)]
-        radius, health = np.asarray(env.unit_type_radiuses), np.asarray(env.unit_type_health)
-        fig, ax = plt.subplots(figsize=(5, 5))
-
-        def draw(t):
-            s = states[t]
-            ax.clear()
-            for pos, alive, team, hp, kind in zip(s.unit_positions, s.unit_alive, s.unit_teams, s.unit_health,
-                                                  s.unit_types):
-                if alive:
-                    ax.add_patch(Circle(pos, radius[kind], color="tab:blue" if team == 0 else "tab:red",
-                                        alpha=0.25 + 0.75 * float(hp) / health[kind]))
-            ax.set_xlim(0, env.map_width)
-            ax.set_ylim(0, env.map_height)
-            ax.set_aspect("equal")
-            ax.set_title(f"{task}, step {t + 1}: {int(s.unit_alive[:n].sum())} allies (blue), "
-                         f"{int(s.unit_alive[n:].sum())} enemies alive", fontsize=9)
-
-        FuncAnimation(fig, draw, frames=len(states), interval=150).save(path)
-        plt.close(fig)
-
-    def terminated(s):
-        alive = s.state.unit_alive
-        return ~jnp.any(alive[:n]) | ~jnp.any(alive[n:])  # one side wiped out
-
-    core = _jaxmarl_core(
-        env, agents,
-        make_state=lambda obs, views: obs["world_state"],
-        make_mask=lambda s: jnp.stack([env.get_avail_actions(s)[a] for a in agents]).astype(bool),
-        team_reward=jnp.mean,  # all allies get the same reward
-        terminated_fn=terminated,
-        won_fn=lambda r: jnp.all(r >= 1.0),  # Mava: episode end with the win bonus
-        actions_fn=lambda a: {name: a[i] for i, name in enumerate(agents)}, animate=animate)
-    # jaxmarl SMAX tests its time limit on the pre-step counter: at most max_steps + 1 steps.
-    return _build(env_id, "smax", n, num_actions, False, int(env.max_steps) + 1, *core, staggered_ends=True)
-
-
-def _make_coordsum(env_id, task):
-    try:
-        import coordsum
-    except ImportError:
-        raise ValueError(
-            f"--env-id {env_id} needs coordsum.py beside this script: copy it from the repository"
-        ) from None
-    n, num_actions, maxval = coordsum.parse_task(task)
-    env = coordsum.CoordSum(num_agents=n, num_actions=num_actions, maxval=maxval, time_limit=100)
-    mask = jnp.ones((n, num_actions), bool)
-
-    def core_reset(key):
-        inner, obs = env.reset(key)  # obs: float32 [A, 1], the raw target value
-        return inner, obs, mask, obs.reshape(-1)
-
-    def core_step(key, inner, actions):
-        inner, obs, reward, done = env.step(key, inner, actions)
-        # Global state: Mava's CoordSumWrapper concatenates the agents' raw views (A copies of
-        # the target). The episode always ends at the horizon: treated as a time limit.
-        return (inner, obs, mask, obs.reshape(-1), reward, done, jnp.zeros((), bool),
-                jnp.zeros((), bool))
-
-    def animate(episode, path):
-        _gif_output()
-        coordsum.animate(env, _episode_states(episode), episode["action"], episode["reward"], path)
-
-    return _build(env_id, "coordsum", n, num_actions, False, 100, core_reset, core_step, animate)
-
-
-def _is_coordsum_size(env_id: str) -> bool:
-    """Any `coordsum-<agents>x<actions>` builds, not only the paper's four."""
-    match = re.fullmatch(r"coordsum-(\d+)x(\d+)", env_id)
-    return match is not None and int(match.group(1)) >= 1
-
-
-def headline_metric(suite: str) -> str:
-    """The metric the paper reports per suite (Table 1). The best checkpoint is picked by episode return on
-    every suite, SMAX included, as the authors' code does."""
-    return "win_rate" if suite == "smax" else "episode_return"
-
-
-def eval_metric_names(suite: str) -> tuple[str, ...]:
-    """What evaluation reports: return and length everywhere, win rate where a suite defines a win."""
-    win = ("win_rate",) if suite in ("smax", "connector") else ()
-    return ("episode_return", "episode_length") + win
-
-
-def make_env(env_id: str) -> EnvSpec:
-    """Build the adapter for `env_id` (see ENV_IDS); unknown ids raise ValueError."""
-    if env_id not in ENV_IDS and not _is_coordsum_size(env_id):
-        close = difflib.get_close_matches(env_id, ENV_IDS, n=5, cutoff=0.4)
-        rest = [e for e in ENV_IDS if e not in close]
-        raise ValueError(
-            f"unknown --env-id {env_id!r}; valid ids, closest first: {', '.join(close + rest)}"
-        )
-    if env_id.startswith("con-"):
-        return _make_connector(env_id, env_id)
-    suite, task = env_id.split("-", 1)
-    makers = {"rware": _make_rware, "lbf": _make_lbf, "mpe": _make_mpe, "smax": _make_smax,
-              "coordsum": _make_coordsum}
-    return makers[suite](env_id, task)
-# End of the environment adapter.
-
-
-# =============================================================================================
-# Output helpers: run directory, marl-eval summary, progress line
+# Outputs: run directory, metrics lines, marl-eval summary, parameter files, wandb (identical in every script)
 # =============================================================================================
 def make_run_dir(args: Args) -> str:
     """A new directory of its own: created exclusively, with a suffix when another run (e.g. one started in
     the same second by a `&`-parallel sweep) already took the name, so no two runs ever share one."""
-    base = os.path.join(args.output_dir, f"{args.env_id}__{ALGORITHM}__{args.seed}__{int(time.time())}")
+    env_name = re.sub(r"[^\w.-]", "_", args.env_id)  # module:function for a user's own environment
+    base = os.path.join(args.output_dir, f"{env_name}__{ALGORITHM}__{args.seed}__{int(time.time())}")
     run_dir, suffix = base, 1
     while True:
         try:
@@ -1923,7 +1307,7 @@ def make_run_dir(args: Args) -> str:
 
 
 def summarise(evaluation: dict) -> dict:
-    """Per-seed mean and std of every evaluation metric ([seeds, episodes] arrays)."""
+    """Per-seed mean and std (over episodes) of every evaluation metric ([seeds, episodes] arrays)."""
     out = {}
     for name, values in evaluation.items():
         values = np.asarray(values, np.float64)
@@ -1932,81 +1316,8 @@ def summarise(evaluation: dict) -> dict:
     return out
 
 
-def marl_eval_summary(env: EnvSpec, args: Args, checkpoints: list, absolute: dict | None,
-                      algorithm: str = ALGORITHM, eval_key: str = "eval", runs: slice = slice(None)) -> dict:
-    """marl-eval's JSON layout: env -> task -> algorithm -> seed -> step_i / absolute_metrics; `runs`: the
-    grid point's seeds among the [runs, ...] arrays."""
-    task = env.env_id.split("-", 1)[1] if env.suite != "connector" else env.env_id
-    by_seed = {}
-    for s in range(args.num_seeds):
-        run = {
-            f"step_{i}": {
-                "step_count": c["env_steps"],
-                **{k: [float(x) for x in np.asarray(v)[runs][s]] for k, v in c[eval_key].items()},
-            }
-            for i, c in enumerate(checkpoints)
-        }
-        if absolute is not None:
-            run["absolute_metrics"] = {k: [float(x) for x in np.asarray(v)[runs][s]]
-                                       for k, v in absolute.items()}
-        by_seed[f"seed_{args.seed + s}"] = run
-    return {env.suite: {task: {algorithm: by_seed}}}
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-# =============================================================================================
-# Many runs in one program: seeds and hyperparameter grids (identical in every script)
-# =============================================================================================
-def flag_values(args: Args, name: str) -> tuple[float, ...]:
-    """A HPARAMS flag's values: one, or several for a grid."""
-    value = getattr(args, name)
-    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
-
-
-def each_value(args: Args, names: tuple[str, ...]):
-    """(flag, value) for every value of these HPARAMS flags, so that validate() checks each grid value."""
-    return [(f"--{name.replace('_', '-')}", value) for name in names for value in flag_values(args, name)]
-
-
-def grid_points(args: Args) -> list[dict[str, float]]:
-    """Every combination of the HPARAMS flags given several values, the last flag varying fastest; [{}] for a
-    run without a grid."""
-    names = [name for name in HPARAMS if len(flag_values(args, name)) > 1]
-    return [dict(zip(names, values)) for values in itertools.product(*(flag_values(args, n) for n in names))]
-
-
-def point_name(point: dict[str, float]) -> str:
-    """A grid point's suffix to the algorithm's name in summary.json, metrics.jsonl and file names:
-    `[delta=1.2,alpha=1]`; '' without a grid."""
-    return f"[{','.join(f'{name}={value:g}' for name, value in point.items())}]" if point else ""
-
-
-def hparams_from_args(args: Args, point: dict[str, float] | None = None) -> dict[str, jax.Array]:
-    """One run's traced hyperparameters: the flags' values, with a grid point's where one is given."""
-    point = point or {}
-    return {name: jnp.asarray(point.get(name, flag_values(args, name)[0]), jnp.float32) for name in HPARAMS}
-
-
-def run_inputs(args: Args, seed_offset: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Every run's key and hyperparameters, grid point by grid point: run p * num_seeds + i is point p with
-    seed --seed + i, the seed a single run with the point's values and --seed + i would use."""
-    points = grid_points(args)
-    seeds = np.tile(args.seed + seed_offset + np.arange(args.num_seeds), len(points))
-    hp = jax.tree.map(lambda *xs: jnp.repeat(jnp.stack(xs), args.num_seeds, axis=0),
-                      *(hparams_from_args(args, point) for point in points))
-    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds)), hp
-
-def point_runs(args: Args, p: int) -> slice:
-    """Grid point p's runs (its seeds) along the runs' axis."""
-    return slice(p * args.num_seeds, (p + 1) * args.num_seeds)
-
-
-def checkpoint_records(args: Args, points: list[dict[str, float]], out: dict, common: dict) -> list[dict]:
-    """metrics.jsonl's lines for one checkpoint, one per grid point: per-seed evaluations and training
+def evaluation_records(args: Args, points: list[dict[str, float]], out: dict, common: dict) -> list[dict]:
+    """metrics.jsonl's lines for one evaluation, one per grid point: per-seed evaluation metrics and training
     statistics and, in a grid, the point's name (as in summary.json) and values."""
     records = []
     for p, point in enumerate(points):
@@ -2020,9 +1331,43 @@ def checkpoint_records(args: Args, points: list[dict[str, float]], out: dict, co
     return records
 
 
+def marl_eval_summary(env: EnvSpec, args: Args, evaluations: list, absolute: dict | None,
+                      algorithm: str = ALGORITHM, eval_key: str = "eval", runs: slice = slice(None)) -> dict:
+    """marl-eval's JSON layout: env -> task -> algorithm -> seed -> step_i / absolute_metrics; `runs`: the
+    grid point's seeds among the [runs, ...] arrays."""
+    task = env.env_id.split("-", 1)[-1] if env.suite not in ("connector", "custom") else env.env_id
+    by_seed = {}
+    for s in range(args.num_seeds):
+        run = {
+            f"step_{i}": {
+                "step_count": c["env_steps"],
+                **{k: [float(x) for x in np.asarray(v)[runs][s]] for k, v in c[eval_key].items()},
+            }
+            for i, c in enumerate(evaluations)
+        }
+        if absolute is not None:
+            run["absolute_metrics"] = {k: [float(x) for x in np.asarray(v)[runs][s]]
+                                       for k, v in absolute.items()}
+        by_seed[f"seed_{args.seed + s}"] = run
+    return {env.suite: {task: {algorithm: by_seed}}}
+
+
+def write_summary(run_dir: str, env: EnvSpec, args: Args, points: list, evaluations: list, absolute: dict):
+    """summary.json: the deployable policy under this script's name, each other policy under a suffix."""
+    summary = {}
+    for (p, point), prefix in itertools.product(enumerate(points), POLICIES):
+        algorithm = (f"{ALGORITHM}_{prefix[:-1]}" if prefix else ALGORITHM) + point_name(point)
+        part = marl_eval_summary(env, args, evaluations, absolute.get(prefix), algorithm, f"{prefix}eval",
+                                 point_runs(args, p))
+        for task, algorithms in part[env.suite].items():
+            summary.setdefault(env.suite, {}).setdefault(task, {}).update(algorithms)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f)
+
+
 def save_parameters(args: Args, points: list[dict[str, float]], runner, run_dir: str):
     """--save-model: every policy's final and best parameters ([seeds, ...] arrays), one file per grid point
-    (`actor_best[delta=1.2,alpha=1].msgpack`), which --evaluate reads back."""
+    (`actor_best--actor_lr=0.001.msgpack`), which --evaluate reads back."""
     for (p, point), (_, field, _) in itertools.product(enumerate(points), POLICIES.values()):
         for which in ("final", "best"):
             params = getattr(runner, f"{field}_params" if which == "final" else f"best_{field}_params")
@@ -2031,72 +1376,123 @@ def save_parameters(args: Args, points: list[dict[str, float]], runner, run_dir:
                 f.write(serialization.to_bytes(jax.device_get(params)))
 
 
-def run_batching(args: Args) -> str:
-    """--run-batching auto: a loop on a CPU, where batching the runs buys no speed (README, "Many runs in one
-    program"), vmap on an accelerator, where it is what makes many runs cheap."""
-    if args.run_batching != "auto":
-        return args.run_batching
-    return "loop" if jax.default_backend() == "cpu" else "vmap"
+def start_wandb(args: Args, run_dir: str):
+    """--track: one wandb run for the whole program (every seed and grid point), grouped by --wandb-group."""
+    import wandb
+
+    return wandb.init(project=args.wandb_project, entity=args.wandb_entity, config=dataclasses.asdict(args),
+                      name=os.path.basename(os.path.normpath(run_dir)), dir=run_dir, group=args.wandb_group,
+                      tags=[ALGORITHM, args.env_id, f"{args.num_seeds} seeds", *args.wandb_tags])
 
 
-def over_runs(fn: Callable, args: Args, in_axes: tuple) -> Callable:
-    """fn over the runs' leading axis (arguments whose in_axes is None are shared by every run). vmap batches
-    the runs into every array operation; loop (lax.map) runs them one after another inside the program,
-    each computing exactly what it computes alone."""
-    if run_batching(args) == "vmap":
-        return jax.vmap(fn, in_axes=in_axes)
-
-    def looped(*xs):
-        def one_run(mapped):
-            mapped = iter(mapped)
-            return fn(*(next(mapped) if axis == 0 else x for x, axis in zip(xs, in_axes)))
-
-        return jax.lax.map(one_run, [x for x, axis in zip(xs, in_axes) if axis == 0])
-
-    return looped
+def wandb_values(args: Args, records: list[dict], grid: bool) -> dict:
+    """What one evaluation logs: each metric's mean over the seeds (`episode_return_mean`) and every seed's own
+    curve (`seed_3/episode_return_mean`); in a grid under the point's name (`ippo--actor_lr=0.001/...`)."""
+    values = {}
+    for record in records:
+        prefix = record["algorithm"] + "/" if grid else ""
+        for key, per_seed in record.items():
+            if isinstance(per_seed, list):
+                values[f"{prefix}{key}"] = float(np.mean(per_seed))
+                values.update({f"{prefix}seed_{args.seed + s}/{key}": float(v) for s, v in enumerate(per_seed)})
+            elif key in ("sps", "wall_time"):
+                values[key] = record[key]
+    return values
 
 
-FIELDS = {field.name for field in dataclasses.fields(Args)}
+def first_non_finite(train_stats: dict) -> tuple[int, list[int]] | None:
+    """The first update (since the last evaluation) whose losses are not finite, and the runs where they are
+    not."""
+    losses = np.stack([np.asarray(train_stats[k]) for k in LOSSES], axis=-1)
+    finite = np.isfinite(losses).all(axis=-1)  # [runs, updates]
+    if finite.all():
+        return None
+    update = int(np.argmax(~finite.all(axis=0)))
+    return update, np.flatnonzero(~finite[:, update]).tolist()
 
 
-def check_single_values(argv: list[str]):
-    """A flag outside HPARAMS given several values gets one line, before tyro's box: it changes the arrays'
-    shapes (sizes, epochs, minibatches) or is not a number, so a grid over it cannot share one program."""
-    for i, token in enumerate(argv):
-        name = token[2:].replace("-", "_")
-        if not token.startswith("--") or "=" in token or name in HPARAMS or name not in FIELDS:
-            continue
-        values = list(itertools.takewhile(lambda t: not t.startswith("--"), argv[i + 1:]))
-        if len(values) > 1:
-            grid = ", ".join(f"--{n.replace('_', '-')}" for n in HPARAMS)
-            sys.exit(f"error: {token} takes one value, got {len(values)} ({' '.join(values)}): only {grid} "
-                     f"take several (a grid, trained in one program); run one command per {token} value")
-# End of the grid helpers.
+# A loss this large is finite, but the run has diverged (a value loss of 5e31 at a learning rate of 1e6).
+LOSS_WARNING = 1e8
+
+
+def exploded_loss(train_stats: dict) -> tuple[str, float] | None:
+    """The first of LOSSES whose magnitude passed LOSS_WARNING since the last evaluation, with its largest
+    value."""
+    for name in LOSSES:
+        peak = float(np.nanmax(np.abs(np.asarray(train_stats[name]))))
+        if peak > LOSS_WARNING:
+            return name, peak
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def spread(std: float, count: int, unit: str) -> str:
+    """What a mean's ± is over: ` ± 0.297 (sd over 5 seeds)`, ` ± 4.256 (sd over 32 episodes)`; ` (1 seed)`."""
+    counted = f"{count} {unit}{'s' if count != 1 else ''}"
+    return f" ± {std:.3f} (sd over {counted})" if count > 1 else f" ({counted})"
+# End of the output helpers.
 
 
 # =============================================================================================
-# Long runs: checkpoints, resuming, stopping, saved policies (identical in every script)
+# Long runs: checkpoints, resuming, stopping, progress, saved policies (identical in every script)
 # =============================================================================================
 # Flags that may change when a run is resumed; every other one is the run's own, from its args.json.
-RESUME_FREE = ("resume", "evaluate", "progress_seconds", "track", "output_dir", "capture_video")
+RESUME_FREE = ("resume", "evaluate", "progress_seconds", "track", "wandb_group", "wandb_tags", "output_dir",
+               "capture_video")
 
 
-def update_then_checkpoint(trainer: Trainer) -> Callable:
-    """(runner, hp, checkpoint) -> (runner, stats, evaluations): one update, then, where `checkpoint` holds,
-    the checkpoint's evaluation (a cond: zeros, and nothing run, elsewhere). One compiled program for both
-    runs the update itself faster than a program of the update alone (README, "Long runs")."""
+def update_then_evaluate(trainer: Trainer) -> Callable:
+    """(runner, hp, evaluate) -> (runner, stats, evaluation): one update, then, where `evaluate` holds, the
+    evaluation (a cond: zeros, and nothing run, elsewhere). One compiled program for both runs the update
+    itself faster than a program of the update alone (README, "Long runs")."""
 
-    def step(runner, hp, checkpoint):
+    def update_and_maybe_evaluate(runner, hp, evaluate):
         runner, stats = trainer.update(runner, hp)
-        shapes = jax.eval_shape(trainer.evaluate_checkpoint, runner)[1]
+        shapes = jax.eval_shape(trainer.evaluate_and_keep_best, runner)[1]
 
         def skip(runner):
             return runner, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
-        runner, evaluations = jax.lax.cond(checkpoint, trainer.evaluate_checkpoint, skip, runner)
-        return runner, stats, evaluations
+        runner, evaluation = jax.lax.cond(evaluate, trainer.evaluate_and_keep_best, skip, runner)
+        return runner, stats, evaluation
 
-    return step
+    return update_and_maybe_evaluate
+
+
+class RunFinished(Exception):
+    """--resume of a run that has nothing left to do."""
+
+
+def args_json(run_dir: str) -> dict | None:
+    """A run directory's args.json (a grid's values as tuples, as Args holds them), or None."""
+    try:
+        with open(os.path.join(run_dir, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+
+
+def wrote_absolute_metric(run_dir: str) -> bool:
+    """The run wrote its absolute metric, the last thing a run that trained to the end writes."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            return "absolute_metrics" in f.read()
+    except OSError:
+        return False
+
+
+def latest_checkpoint(run_dir: str) -> int | None:
+    """The number of evaluations behind the run's last complete checkpoint (orbax names them by it), if any."""
+    try:
+        steps = [int(d) for d in os.listdir(os.path.join(run_dir, "checkpoint")) if d.isdigit()]
+    except OSError:
+        return None
+    return max(steps, default=None)
 
 
 def resumed_args(args: Args) -> Args:
@@ -2107,20 +1503,19 @@ def resumed_args(args: Args) -> Args:
     if args.evaluate is not None:
         raise UsageError("--resume and --evaluate exclude each other: resume a run, or evaluate a saved "
                          "policy")
-    try:
-        with open(os.path.join(args.resume, "args.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        raise UsageError(
-            f"--resume {args.resume!r} is not a run directory (no readable args.json in it)"
-        ) from None
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # a grid's values
+    saved = args_json(args.resume)
+    if saved is None:
+        raise UsageError(f"--resume {args.resume!r} is not a run directory (no readable args.json in it)")
     if saved.get("algorithm") != ALGORITHM:
         raise UsageError(f"--resume {args.resume!r} is a run of {saved.get('algorithm')}.py: resume it with "
                          f"that script, not {ALGORITHM}.py")
-    if latest_checkpoint(args.resume) is None:
+    done = latest_checkpoint(args.resume)
+    if done is None:
         raise UsageError(f"--resume {args.resume!r} holds no checkpoint (it stopped before its first "
-                         "evaluation): start the run again instead")
+                         "evaluation): there is nothing to resume; start the run again")
+    if done >= saved.get("num_evaluations", done + 1) and wrote_absolute_metric(args.resume):
+        raise RunFinished(f"{args.resume} is finished (all {done} evaluations and the absolute metric are in its "
+                          "summary.json): nothing to resume")
     defaults, names = Args(), [f.name for f in dataclasses.fields(Args) if f.name not in RESUME_FREE]
     differ = [n for n in names
               if getattr(args, n) != getattr(defaults, n) and getattr(args, n) != saved.get(n)]
@@ -2129,15 +1524,6 @@ def resumed_args(args: Args) -> Args:
             f"--{n.replace('_', '-')} is {getattr(args, n)!r} here and {saved.get(n)!r} in the run"
             for n in differ))
     return dataclasses.replace(args, **{n: saved[n] for n in names if n in saved})
-
-
-def latest_checkpoint(run_dir: str) -> int | None:
-    """The interval count of the run's last complete checkpoint (orbax names them by it), if any."""
-    try:
-        steps = [int(d) for d in os.listdir(os.path.join(run_dir, "checkpoint")) if d.isdigit()]
-    except OSError:
-        return None
-    return max(steps, default=None)
 
 
 def checkpoint_manager(run_dir: str):
@@ -2149,30 +1535,31 @@ def checkpoint_manager(run_dir: str):
     return ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, "checkpoint")), options=options)
 
 
-def save_checkpoint(manager, interval: int, runner, progress: dict):
+def save_checkpoint(manager, done: int, runner, wall_time: float, warned: bool, evaluations: list):
     """The whole training state (parameters, optimiser, environment and recurrent states, keys, the best
-    so far) and, as JSON, the interval counter and every checkpoint's evaluation for summary.json."""
+    so far) and, as JSON, the count of evaluations done and each one's results for summary.json. The JSON's
+    keys ("interval", "checkpoints") are those of earlier versions, whose run directories still resume."""
     import orbax.checkpoint as ocp
 
-    progress = {**progress, "checkpoints": [
+    progress = {"interval": done, "wall_time": wall_time, "warned": warned, "checkpoints": [
         {k: v if k == "env_steps" else {m: np.asarray(x).tolist() for m, x in v.items()}
-         for k, v in c.items()} for c in progress["checkpoints"]]}
-    manager.save(interval, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(runner)),
-                                                   progress=ocp.args.JsonSave(progress)))
+         for k, v in c.items()} for c in evaluations]}
+    manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_get(runner)),
+                                               progress=ocp.args.JsonSave(progress)))
 
 
 def restore_checkpoint(manager, like):
-    """The latest checkpoint, placed on the devices the way `like` (a fresh runner) is."""
+    """The latest checkpoint, placed on the devices the way `like` (a fresh runner) is: (runner, evaluations
+    done, wall time, warned, evaluations)."""
     import orbax.checkpoint as ocp
 
     restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(jax.device_get(like)), progress=ocp.args.JsonRestore()))
     runner = jax.tree.map(lambda x, y: jax.device_put(x, y.sharding), restored.state, like)
     progress = restored.progress
-    progress["checkpoints"] = [
-        {k: v if k == "env_steps" else {m: np.asarray(x, np.float32) for m, x in v.items()}
-         for k, v in c.items()} for c in progress["checkpoints"]]
-    return runner, progress
+    evaluations = [{k: v if k == "env_steps" else {m: np.asarray(x, np.float32) for m, x in v.items()}
+                    for k, v in c.items()} for c in progress["checkpoints"]]
+    return runner, progress["interval"], progress["wall_time"], progress["warned"], evaluations
 
 
 def keep_first_lines(path: str, count: int):
@@ -2201,6 +1588,46 @@ class StopRequest:
 
     def release(self):
         signal.signal(signal.SIGINT, self.previous)
+
+
+class Progress:
+    """A progress line every --progress-seconds between evaluations, printed by a thread of its own, so that
+    it keeps coming while the main thread waits inside one long update (the first one included)."""
+
+    def __init__(self, args: Args, trainer: Trainer, updates_done: int):
+        self.seconds, self.steps_per_update = args.progress_seconds, args.num_envs * args.rollout_length
+        self.total = args.num_evaluations * trainer.num_updates_per_eval
+        self.first = self.updates_done = updates_done
+        self.latest = None  # the last finished update's statistics
+        self.start = self.last_line = time.time()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.tick, daemon=True)
+        self.thread.start()
+
+    def tick(self):
+        while not self.stopped.wait(min(self.seconds, 0.1)):
+            if time.time() - self.last_line >= self.seconds:
+                self.line()
+
+    def line(self):
+        rate = (self.updates_done - self.first) / max(time.time() - self.start, 1e-9)
+        ended = self.latest is not None and np.sum(self.latest["train_episodes"]) > 0
+        returns = f"{np.mean(self.latest['train_episode_return']):.3f}" if ended else "-"
+        # Before the first update has finished there is no rate to estimate from.
+        eta = format_duration((self.total - self.updates_done) / rate) if rate > 0 else "-"
+        print(f"      step {self.updates_done * self.steps_per_update:>11,} | "
+              f"{rate * self.steps_per_update:>9,.0f} sps | training return {returns} | ETA {eta}", flush=True)
+        self.last_line = time.time()
+
+    def close(self):
+        self.stopped.set()
+        self.thread.join()
+
+
+def wait_for(tree):
+    """Until every array of `tree` is computed, polling, so that a second Ctrl-C is served meanwhile."""
+    while not all(x.is_ready() for x in jax.tree.leaves(tree)):
+        time.sleep(0.02)
 
 
 def while_compiling(build: Callable, args: Args, fresh_run_dir: str | None):
@@ -2238,45 +1665,31 @@ def while_compiling(build: Callable, args: Args, fresh_run_dir: str | None):
     return result["value"]
 
 
-def load_policy(args: Args, trainer: Trainer, hp: dict):
-    """--evaluate FILE: the saved parameters ([seeds, ...] arrays) and which of POLICIES they fit."""
-    try:
-        with open(args.evaluate, "rb") as f:
-            saved = serialization.msgpack_restore(f.read())
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--evaluate {args.evaluate!r} cannot be read as flax msgpack parameters "
-                         f"({getattr(error, 'strerror', None) or error})") from None
+def policy_shapes(trainer: Trainer, hp: dict) -> dict:
+    """Each of POLICIES' parameter shapes, by name ("layer/kernel"), as these flags build them."""
     shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0), hp)
-    flat = ({k: np.shape(v) for k, v in traverse_util.flatten_dict(saved, sep="/").items()}
-            if isinstance(saved, dict) else {})
-    expected = {prefix: {k: v.shape for k, v in traverse_util.flatten_dict(getattr(shapes, f"{field}_params"),
-                                                                          sep="/").items()}
-                for prefix, (_, field, _) in POLICIES.items()}
-    for prefix, shapes_here in expected.items():
-        if flat.keys() == shapes_here.keys() and all(flat[k][1:] == shapes_here[k] for k in flat):
-            return prefix, jax.tree.map(jnp.asarray, saved)
-    names = " or ".join(name for name, _, _ in POLICIES.values())
-    raise UsageError(f"--evaluate {args.evaluate!r} does not fit the {names} network these flags build: "
-                     f"{likely_cause(args, flat, expected[''])}")
+    return {prefix: {k: v.shape for k, v in traverse_util.flatten_dict(getattr(shapes, f"{field}_params"),
+                                                                      sep="/").items()}
+            for prefix, (_, field, _) in POLICIES.items()}
 
 
-def likely_cause(args: Args, flat: dict, expected: dict) -> str:
-    """The flags that differ from the run that saved the file (its args.json beside it), else the first
+def why_not(args: Args, hp: dict, flat: dict, expected: dict, saved_args: dict) -> str:
+    """The flags of the run that saved the file (its args.json) that shape the network differently from these:
+    each is tried alone, and named when it changes the parameters' shapes or the environment. Else the first
     parameter whose shape differs."""
-    try:
-        with open(os.path.join(os.path.dirname(os.path.abspath(args.evaluate)), "args.json")) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        saved = {}
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # a grid's values
-    if saved.get("algorithm", ALGORITHM) != ALGORITHM:
-        return f"it was saved by {saved['algorithm']}.py; evaluate it with that script"
-    names = [f.name for f in dataclasses.fields(Args) if f.name not in RESUME_FREE and f.name in saved]
-    differ = [f"--{n.replace('_', '-')} (the run used {saved[n]!r}, here {getattr(args, n)!r})"
-              for n in names if saved[n] != getattr(args, n)
-              and n not in ("seed", "num_seeds", "num_eval_episodes")]
+    names = [f.name for f in dataclasses.fields(Args) if f.name not in RESUME_FREE and f.name in saved_args]
+    differ = []
+    for name in (n for n in names if saved_args[n] != getattr(args, n)):
+        if name != "env_id":
+            try:
+                trial = dataclasses.replace(args, **{name: saved_args[name]})
+                if policy_shapes(make_train(trial, make_env(trial.env_id)), hp)[""] == expected:
+                    continue
+            except Exception:  # a value these flags cannot build with is no cause to name
+                continue
+        differ.append(f"--{name.replace('_', '-')} (the run used {saved_args[name]!r}, here {getattr(args, name)!r})")
     if differ:
-        return "likely " + ", ".join(differ)
+        return ", ".join(differ)
     missing = sorted(expected.keys() - flat.keys()) or sorted(flat.keys() - expected.keys())
     if missing:
         return f"{missing[0]} is in one and not the other; check --env-id and the network's size flags"
@@ -2285,32 +1698,38 @@ def likely_cause(args: Args, flat: dict, expected: dict) -> str:
             "and the network's size flags")
 
 
-def evaluate_policy(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, params) -> dict:
-    """Evaluates every seed of a saved policy with the keys of the training run's absolute metric: a file of
-    best parameters reproduces it with --num-eval-episodes at 10x the run's."""
-    name, _, evaluator = POLICIES[prefix]
-    num_seeds = jax.tree.leaves(params)[0].shape[0]
-    keys = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(num_seeds))
-    evaluate = jax.jit(over_runs(getattr(trainer, evaluator), args, (0, 0, None)), static_argnums=2)
-    evaluation = jax.device_get(evaluate(params, keys, args.num_eval_episodes))
-    print(f"{ALGORITHM} {name} from {args.evaluate} on {args.env_id}: {num_seeds} seed(s) x "
-          f"{args.num_eval_episodes} episodes")
-    for metric, values in summarise(evaluation).items():
-        if metric.endswith("_mean"):
-            print(f"  {metric[:-5]:<16} {np.mean(values):10.4f} ± {np.std(values):.4f} "
-                  f"(per seed: {', '.join(f'{v:.4f}' for v in values)})")
-    if args.capture_video:
-        write_video(args, env, trainer, prefix, params, os.path.splitext(args.evaluate)[0] + ".gif")
-    return evaluation
+def load_saved(args: Args, trainer: Trainer, hp: dict):
+    """--evaluate FILE: which of POLICIES the saved parameters ([seeds, ...] arrays) are, and the parameters.
+    A file saved by another script (the args.json beside it says which) is refused: its network may fit
+    this script's by shape and still be another algorithm's."""
+    saved_args = args_json(os.path.dirname(os.path.abspath(args.evaluate))) or {}
+    if saved_args.get("algorithm", ALGORITHM) != ALGORITHM:
+        raise UsageError(f"--evaluate {args.evaluate!r} was saved by {saved_args['algorithm']}.py (the args.json "
+                         f"beside it says so): evaluate it with that script, not {ALGORITHM}.py")
+    try:
+        with open(args.evaluate, "rb") as f:
+            saved = serialization.msgpack_restore(f.read())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--evaluate {args.evaluate!r} cannot be read as flax msgpack parameters "
+                         f"({getattr(error, 'strerror', None) or error})") from None
+    flat = ({k: np.shape(v) for k, v in traverse_util.flatten_dict(saved, sep="/").items()}
+            if isinstance(saved, dict) else {})
+    expected = policy_shapes(trainer, hp)
+    for prefix, shapes_here in expected.items():
+        if flat.keys() == shapes_here.keys() and all(flat[k][1:] == shapes_here[k] for k in flat):
+            return prefix, jax.tree.map(jnp.asarray, saved)
+    names = " or ".join(name for name, _, _ in POLICIES.values())
+    raise UsageError(f"--evaluate {args.evaluate!r} does not fit the {names} network these flags build: "
+                     f"{why_not(args, hp, flat, expected[''], saved_args)}")
 
 
 def write_video(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, params, path: str) -> str | None:
     """--capture-video: one evaluation episode of the first seed's policy (the absolute metric's key),
     recorded by the jitted evaluator and drawn afterwards on the host, so training never waits for it."""
     name, _, evaluator = POLICIES[prefix]
-    record = jax.jit(getattr(trainer, evaluator), static_argnums=(2, 3))
+    evaluate = jax.jit(getattr(trainer, evaluator), static_argnums=(2, 3))
     first_seed = jax.tree.map(lambda x: x[0], params)
-    metrics, episode = jax.device_get(record(first_seed, jax.random.PRNGKey(args.seed + 10_000), 1, True))
+    metrics, episode = jax.device_get(evaluate(first_seed, jax.random.PRNGKey(args.seed + 10_000), 1, True))
     start = time.time()
     try:
         env.animate(episode, path)
@@ -2321,7 +1740,287 @@ def write_video(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, params,
           f"{int(metrics['episode_length'][0])} steps) in {path}, drawn in {time.time() - start:.0f}s",
           flush=True)
     return path
+
+
+def evaluate_saved(args: Args, env: EnvSpec, trainer: Trainer, prefix: str, params) -> dict:
+    """Evaluates every seed of a saved policy with the keys of the training run's absolute metric: a file of
+    best parameters reproduces it with --num-eval-episodes at 10x the run's."""
+    name, _, evaluator = POLICIES[prefix]
+    num_seeds = jax.tree.leaves(params)[0].shape[0]
+    keys = jax.vmap(jax.random.PRNGKey)(args.seed + 10_000 + jnp.arange(num_seeds))
+    evaluate = jax.jit(over_runs(getattr(trainer, evaluator), args, (0, 0, None)), static_argnums=2)
+    evaluation = jax.device_get(evaluate(params, keys, args.num_eval_episodes))
+    print(f"{ALGORITHM}.py's {name} from {args.evaluate} on {args.env_id}: {num_seeds} seed(s) x "
+          f"{args.num_eval_episodes} episodes")
+    for metric, values in summarise(evaluation).items():
+        if metric.endswith("_mean"):
+            print(f"  {metric[:-5]:<16} {np.mean(values):10.4f}{spread(np.std(values), num_seeds, 'seed')} "
+                  f"(per seed: {', '.join(f'{v:.4f}' for v in values)})")
+    if args.capture_video:
+        write_video(args, env, trainer, prefix, params, os.path.splitext(args.evaluate)[0] + ".gif")
+    return evaluation
 # End of the long-run helpers.
+
+
+# =============================================================================================
+# main(): prepare, train, finish (identical in every script)
+# =============================================================================================
+@dataclasses.dataclass
+class Run:
+    """One program's runs (every seed and grid point) as prepare() sets them up and train_loop() and finish() carry
+    them on."""
+    args: Args
+    env: EnvSpec
+    trainer: Trainer
+    run_dir: str
+    fresh: bool  # the run directory was made by this program (not --resume)
+    points: list[dict[str, float]]  # the grid's points; [{}] without a grid
+    hp: dict  # every run's hyperparameters, [runs] arrays
+    runner: RunnerState  # every run's training state, [runs, ...] arrays
+    update: Callable  # compiled update_then_evaluate: (runner, hp, evaluate) -> (runner, stats, evaluation)
+    store: object = None  # the orbax checkpoint manager (none on several hosts)
+    wandb_run: object = None
+    evaluations: list = dataclasses.field(default_factory=list)  # env steps and each policy's metrics
+    records: list = dataclasses.field(default_factory=list)  # the last evaluation's metrics lines
+    done: int = 0  # evaluations done, restored ones included
+    wall_before: float = 0.0  # training time before a resume
+    warned: bool = False  # the divergence warning was printed
+    absolute: dict = dataclasses.field(default_factory=dict)  # the absolute metric, per policy
+    exit_message: str | None = None  # the last line of a run that ends early
+    discard: bool = False  # stopped before anything was kept: the run directory goes
+
+
+def compile_update(args: Args, trainer: Trainer, keys, hp, fresh_run_dir: str | None):
+    """Every run's initial state, and the update compiled once for all of them (buffers donated)."""
+    init = jax.jit(over_runs(trainer.init, args, (0, 0)))
+    # One update per call, so that progress and Ctrl-C are served between updates.
+    jitted = jax.jit(over_runs(update_then_evaluate(trainer), args, (0, 0, None)), donate_argnums=0)
+
+    def build():
+        runner = init(keys, hp)
+        return runner, jitted.lower(runner, hp, True).compile()
+
+    start = time.time()
+    runner, update = while_compiling(build, args, fresh_run_dir)
+    print(f"compiled in {time.time() - start:.1f}s", flush=True)
+    return runner, update
+
+
+def connect(run: Run) -> Run:
+    """The run's outside world: the hosts, the checkpoint store (and the checkpoint to resume from), the
+    metrics file, wandb."""
+    args, run_dir = run.args, run.run_dir
+    if jax.process_count() > 1:
+        # Hosts compile at different speeds, and gloo gives up on a peer after 30 s at the first collective:
+        # wait for every host at the coordination service's barrier (no collective) first.
+        from jax._src import distributed
+
+        distributed.global_state.client.wait_at_barrier(f"{ALGORITHM}-compiled", 3_600_000)
+        print("note: --distributed runs write no checkpoints, so they cannot be resumed")
+    else:
+        run.store = checkpoint_manager(run_dir)
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    if args.resume:
+        run.runner, run.done, run.wall_before, run.warned, run.evaluations = restore_checkpoint(run.store, run.runner)
+        keep_first_lines(metrics, run.done * len(run.points))
+        print(f"resumed after evaluation {run.done}", flush=True)
+    open(metrics, "a").close()  # there from the start, empty until the first evaluation
+    if args.track:
+        run.wandb_run = start_wandb(args, run_dir)
+    return run
+
+
+def prepare(args: Args, env: EnvSpec, trainer: Trainer) -> Run:
+    """Everything before the first update: the run directory (new, or the resumed one), every run's inputs,
+    the compiled update, the restored checkpoint, wandb."""
+    if jax.process_index() > 0:  # several hosts compute the same metrics; only process 0 keeps them
+        args = dataclasses.replace(
+            args, output_dir=tempfile.mkdtemp(prefix=f"{ALGORITHM}-process-"), track=False, save_model=False
+        )
+    try:
+        run_dir = args.resume or make_run_dir(args)
+    except OSError as error:  # read-only, a file in the way, /proc, ...: before anything compiles
+        raise UsageError(f"--output-dir {args.output_dir!r} cannot hold a run directory: "
+                         f"{error.strerror or error}") from None
+    points = grid_points(args)
+    grid = f" x {len(points)} grid points" if points[0] else ""
+    print(
+        f"{ALGORITHM} on {args.env_id}: {env.num_agents} agents, obs {env.obs_dim}, actions {env.num_actions}"
+        f"{' (continuous)' if env.continuous else ''}; {args.num_seeds} seed(s){grid}, "
+        f"{run_batching(args)}; {'resuming' if args.resume else 'writing'} {run_dir}", flush=True
+    )
+    steps = trainer.num_updates_per_eval * args.num_envs * args.rollout_length * args.num_evaluations
+    if steps < args.total_timesteps:
+        print(f"note: training {steps} steps per seed (whole updates per evaluation), not {args.total_timesteps}")
+    keys, hp = run_inputs(args)
+    runner, update = compile_update(args, trainer, keys, hp, None if args.resume else run_dir)
+    run = Run(args, env, trainer, run_dir, not args.resume, points, hp, runner, update)
+    try:
+        return connect(run)
+    except KeyboardInterrupt:  # after compiling, before the first update
+        if run.fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        sys.exit("interrupted before training: nothing was trained")
+
+
+def record_evaluation(run: Run, out: dict, wall_time: float) -> bool:
+    """An evaluation's outputs: the metrics lines, the checkpoint, wandb. False where a non-finite loss stops
+    the run (the lines before it are kept)."""
+    args, points, grid = run.args, run.points, bool(run.points[0])
+    bad = first_non_finite(out["train"])
+    if bad is not None:
+        update_number = run.done * run.trainer.num_updates_per_eval + bad[0] + 1
+        where = sorted({ALGORITHM + point_name(points[r // args.num_seeds]) for r in bad[1]})
+        run.exit_message = (f"error: non-finite loss at update {update_number} (before evaluation {run.done + 1})"
+                            f"{' in ' + ', '.join(where) if grid else ''}; stopping. Metrics so far are in "
+                            f"{run.run_dir}/metrics.jsonl")
+        return False
+    exploded = exploded_loss(out["train"])
+    if exploded is not None and not run.warned:
+        run.warned = True  # once: a diverged run would repeat it at every evaluation
+        print(f"warning: {exploded[0]} reached {exploded[1]:.3g} by evaluation {run.done + 1} (above "
+              f"{LOSS_WARNING:.0e}): the run is likely diverging; a lower learning rate usually helps",
+              file=sys.stderr, flush=True)
+    done = run.done + 1
+    env_steps = done * run.trainer.num_updates_per_eval * args.num_envs * args.rollout_length
+    # metrics.jsonl's "checkpoint" field is the evaluation's number (its name from earlier versions).
+    run.records = evaluation_records(args, points, out, {"checkpoint": done, "env_steps": env_steps,
+                                                         "wall_time": round(wall_time, 3),
+                                                         "sps": round(env_steps / wall_time, 1)})
+    with open(os.path.join(run.run_dir, "metrics.jsonl"), "a") as f:
+        f.writelines(json.dumps(record) + "\n" for record in run.records)
+    run.evaluations.append({"env_steps": env_steps, **{f"{p}eval": out[f"{p}eval"] for p in POLICIES}})
+    if run.store is not None:  # after the metrics lines: a resumed run rewrites lines past its checkpoint
+        save_checkpoint(run.store, done, run.runner, wall_time, run.warned, run.evaluations)
+    run.done = done
+    if run.wandb_run is not None:
+        run.wandb_run.log(wandb_values(args, run.records, grid), step=env_steps)
+    return True
+
+
+def print_evaluation(run: Run, eta: float):
+    """The evaluation's console line; in a grid, of the point whose deployable policy scores best so far."""
+    args, metric = run.args, headline_metric(run.env.suite)
+    record = max(run.records, key=lambda r: np.mean(r[f"{metric}_mean"]))
+    scores = [f"{name} {metric} {np.mean(record[f'{prefix}{metric}_mean']):8.3f}"
+              for prefix, (name, _, _) in POLICIES.items()]
+    if args.num_seeds > 1:
+        scores[0] += spread(np.std(record[f"{metric}_mean"]), args.num_seeds, "seed")
+    else:
+        scores[0] += spread(record[f"{metric}_std"][0], args.num_eval_episodes, "episode")
+    print(f"[{run.done:>3}/{args.num_evaluations}] step {record['env_steps']:>11,} | {record['sps']:>9,.0f} sps | "
+          f"{'best ' + record['algorithm'] + ': ' if run.points[0] else ''}{' | '.join(scores)} | "
+          f"ETA {format_duration(eta)}", flush=True)
+
+
+def stop(run: Run, how: str):
+    """A run stopped early: its last line says what it kept and how to go on; with nothing kept, its run
+    directory goes too."""
+    if run.done == 0:
+        run.discard = run.fresh
+        run.exit_message = f"{how} before the first evaluation: nothing was kept; start the run again"
+    else:
+        run.exit_message = (f"{how} after evaluation {run.done} of {run.args.num_evaluations}; the checkpoint and "
+                            f"metrics are in {run.run_dir}; continue with python {ALGORITHM}.py --resume {run.run_dir}")
+
+
+def train_loop(run: Run):
+    """Updates, one compiled call each, with an evaluation and a checkpoint after every
+    trainer.num_updates_per_eval of them; stops early on Ctrl-C or a non-finite loss."""
+    n, ctrl_c, first = run.trainer.num_updates_per_eval, StopRequest(), run.done
+    progress, start = Progress(run.args, run.trainer, run.done * n), time.time()
+    try:
+        while run.done < run.args.num_evaluations:
+            stats = []
+            for u in range(n):
+                run.runner, update_stats, evaluation = run.update(run.runner, run.hp, u == n - 1)
+                if stats:  # at most this update in flight: Ctrl-C then stops within one update
+                    wait_for(stats[-1])
+                    progress.updates_done, progress.latest = progress.updates_done + 1, jax.device_get(stats[-1])
+                stats.append(update_stats)
+                if ctrl_c.requested:
+                    return stop(run, "stopped")
+            progress.updates_done = (run.done + 1) * n
+            out = {**jax.device_get(evaluation),
+                   "train": jax.tree.map(lambda *xs: np.stack(xs, axis=-1), *jax.device_get(stats))}
+            if not record_evaluation(run, out, run.wall_before + time.time() - start):
+                return
+            eta = (time.time() - start) / (run.done - first) * (run.args.num_evaluations - run.done)
+            print_evaluation(run, eta)
+            progress.last_line = time.time()
+    finally:
+        progress.close()
+        ctrl_c.release()
+
+
+def finish(run: Run):
+    """After the last evaluation: the absolute metric (the best parameters over 10x the episodes) of every
+    policy, and the video of the best grid point's first seed."""
+    args, metric = run.args, headline_metric(run.env.suite)
+    keys, _ = run_inputs(args, seed_offset=10_000)
+    for prefix, (name, field, evaluator) in POLICIES.items():
+        evaluate = jax.jit(over_runs(getattr(run.trainer, evaluator), args, (0, 0, None)), static_argnums=2)
+        run.absolute[prefix] = jax.device_get(
+            evaluate(getattr(run.runner, f"best_{field}_params"), keys, 10 * args.num_eval_episodes))
+        for p, point in enumerate(run.points):
+            means = np.asarray(run.absolute[prefix][metric])[point_runs(args, p)].mean(axis=-1)
+            of = f" of {ALGORITHM}{point_name(point)}" if run.points[0] else ""
+            print(f"absolute {metric} of the {name}{of} (best parameters, {10 * args.num_eval_episodes} "
+                  f"episodes): {means.mean():.3f}{spread(means.std(), args.num_seeds, 'seed')}")
+    if args.capture_video:
+        field = POLICIES[""][1]
+        scores = np.asarray(run.absolute[""][metric]).mean(axis=-1).reshape(len(run.points), -1).mean(axis=-1)
+        p = int(np.argmax(scores))
+        params = jax.tree.map(lambda x: x[point_runs(args, p)], getattr(run.runner, f"best_{field}_params"))
+        video = write_video(args, run.env, run.trainer, "", params,
+                            os.path.join(run.run_dir, f"{field}_best{point_name(run.points[p])}.gif"))
+        if run.wandb_run is not None and video is not None:
+            import wandb
+
+            run.wandb_run.log({"video": wandb.Video(video, format="gif")})
+
+
+def save_outputs(run: Run):
+    """Whatever way the run ended: summary.json, the parameter files, wandb's end. Work still in flight on the
+    devices is waited for first: the interpreter must not exit under a running XLA computation."""
+    jax.block_until_ready(run.runner)
+    if run.wandb_run is not None:
+        run.wandb_run.finish()
+    if run.discard:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        return
+    write_summary(run.run_dir, run.env, run.args, run.points, run.evaluations, run.absolute)
+    if run.args.save_model:
+        save_parameters(run.args, run.points, run.runner, run.run_dir)
+
+
+def main(args: Args) -> str | dict:
+    """Trains (or, with --evaluate, evaluates) and returns the run directory (or the evaluation)."""
+    try:
+        args = resumed_args(args)
+        env = validate(args)
+        trainer = make_train(args, env)
+        if args.evaluate is not None:
+            return evaluate_saved(args, env, trainer, *load_saved(args, trainer, hparams_from_args(args)))
+        run = prepare(args, env, trainer)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
+    except RunFinished as finished_run:
+        print(finished_run)
+        return args.resume
+    try:
+        train_loop(run)
+        if run.done == args.num_evaluations:
+            finish(run)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        stop(run, "interrupted")
+    finally:
+        save_outputs(run)
+    if run.exit_message:
+        sys.exit(run.exit_message)
+    return run.run_dir
+# End of main().
+
 
 if __name__ == "__main__":
     check_single_values(sys.argv[1:])

@@ -1,20 +1,27 @@
 """Aggregate runs the way the paper reports them (after Mava and Gorsane et al.), with rliable.
 
-    python benchmark/aggregate.py runs --out results
+    python benchmark/aggregate.py runs                 # writes runs/aggregate/
+    python benchmark/aggregate.py runs --out my_tables
 
-Reads every runs/*/summary.json (marl-eval's layout, as every script writes it) and writes to --out:
+Give it the folder that holds the run folders (a script's --output-dir), not a run folder itself. Reads every
+runs/*/summary.json (marl-eval's layout, as every script writes it) and writes to --out (default:
+RUNS_DIR/aggregate). It refuses to write over tables and plots already there unless given --overwrite
+(results/reproduce.sh, which regenerates the committed results/ on purpose, gives it):
   * tasks.md / tasks.json: per task and algorithm, the mean over seeds of the final score (the absolute
     metric: best parameters over 10x the episodes; the last checkpoint where a run has none) with a 95%
     bootstrap confidence interval over seeds, the steps each seed trained, and the paper's Table 1 figure
     (benchmark/reference/paper_table1.csv: mean ± std over 10 seeds at 20M steps) where it has one;
   * suites.md / suites.json: per suite, the interquartile mean of min-max normalised final scores
     with 95% stratified bootstrap confidence intervals (normalised per task by the lowest and highest
-    score any algorithm reached there);
+    score any algorithm reached there; a task only one algorithm ran is left out, with a note: normalised
+    over one algorithm, its worst seed would be 0 and its best 1 whatever they scored);
   * <suite>__<task>.png: sample-efficiency curves per task (mean over seeds, 95% bootstrap band), the
     learner solid and its guider dashed where a script has one; <suite>.png: the normalised IQM per
     checkpoint over the suite's tasks;
   * for a grid (a run with several values per flag, e.g. `magpo_sable.py --delta 1.2 1.5 inf --alpha 0 1 2`,
-    whose points summary.json names `magpo_sable[alpha=1,delta=1.5]`): grid.md / grid.json, per task and
+    whose points summary.json names `magpo_sable--alpha=1--delta=1.5`, the point's flags as a command line
+    gives them; the older `magpo_sable[alpha=1,delta=1.5]`, which marl-eval refuses for its comma, is read too
+    and reported in the new form): grid.md / grid.json, per task and
     script a row per point (its values, final score with 95% CI, the best point in bold) and, for two flags,
     the learner's mean final score as a matrix; <suite>__<task>__<script>_grid.png, that score over the grid
     (a heatmap for two flags, bars otherwise) beside every point's learning curve. Grid points stay out of
@@ -32,6 +39,7 @@ import csv
 import glob
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 
@@ -62,8 +70,11 @@ def headline_metric(suite: str) -> str:
     return "win_rate" if suite == "smax" else "episode_return"
 
 
-def load_runs(runs_dir: str) -> dict:
-    """-> {(suite, task, algorithm): [per-seed run dicts]} over every summary.json below runs_dir."""
+def load_runs(runs_dir: str, skipped: list | None = None) -> dict:
+    """-> {(suite, task, algorithm): [per-seed run dicts]} over every summary.json below runs_dir. Grid points'
+    names are given in the current form (`magpo_sable--alpha=1`, see split_point). Seeds of a run stopped before
+    its first evaluation hold nothing to score: they are left out and, where `skipped` is a list, listed in it
+    as (summary.json's path, algorithm, seeds left out)."""
     runs = defaultdict(list)
     for path in sorted(glob.glob(os.path.join(runs_dir, "*", "summary.json"))):
         plain = False
@@ -73,15 +84,37 @@ def load_runs(runs_dir: str) -> dict:
         for suite, tasks in json.load(open(path)).items():
             for task, algorithms in tasks.items():
                 for algorithm, seeds in algorithms.items():
+                    base, point = split_point(algorithm)
                     if plain:
-                        algorithm = PLAIN_NAMES.get(algorithm, f"{algorithm}_plain_learner")
-                    # A run stopped before its first checkpoint has seeds with nothing in them: no score.
+                        base = PLAIN_NAMES.get(base, f"{base}_plain_learner")
+                    algorithm = join_point(base, point)
                     kept = [seed for seed in seeds.values() if any(k.startswith("step_") for k in seed)]
-                    if len(kept) < len(seeds):
-                        print(f"note: skipping {len(seeds) - len(kept)} seed(s) of {algorithm} in {path}: "
-                              "stopped before its first checkpoint", file=sys.stderr)
+                    if len(kept) < len(seeds) and skipped is not None:
+                        skipped.append((path, algorithm, len(seeds) - len(kept)))
                     runs[suite, task, algorithm].extend(kept)
     return {key: seeds for key, seeds in runs.items() if seeds}
+
+
+def find_runs(runs_dir: str) -> dict:
+    """load_runs, or one line saying why there is nothing to aggregate under runs_dir (SystemExit)."""
+    if not os.path.isdir(runs_dir):
+        sys.exit(f"error: {runs_dir}: no such folder")
+    if os.path.exists(os.path.join(runs_dir, "summary.json")):
+        parent = os.path.dirname(os.path.abspath(runs_dir))
+        sys.exit(f"error: {runs_dir} is one run's folder (it holds summary.json); give the folder that holds the "
+                 f"runs: python benchmark/aggregate.py {os.path.relpath(parent)}")
+    skipped: list = []
+    runs = load_runs(runs_dir, skipped)
+    if not runs and skipped:
+        which = "; ".join(f"{os.path.dirname(path)}: {n} seed(s) of {algorithm}" for path, algorithm, n in skipped)
+        sys.exit(f"error: nothing to aggregate under {runs_dir}: every run there stopped before its first "
+                 f"evaluation ({which})")
+    if not runs:
+        sys.exit(f"error: no run under {runs_dir}: none of its folders holds a summary.json")
+    for path, algorithm, n in skipped:
+        print(f"note: skipping {n} seed(s) of {algorithm} in {path}: stopped before its first evaluation",
+              file=sys.stderr)
+    return runs
 
 
 def final_score(run: dict, metric: str) -> float:
@@ -131,12 +164,25 @@ def task_table(runs: dict, reps: int = 2000, seed: int = 0) -> list[dict]:
     return rows
 
 
+def single_algorithm_tasks(rows: list[dict]) -> dict:
+    """{(suite, task): its one algorithm} for every task only one algorithm ran: normalised by its own lowest
+    and highest score, its worst seed would be 0 and its best 1 whatever they scored, so the suite's tables
+    and plots leave such a task out."""
+    by_task = defaultdict(set)
+    for row in rows:
+        by_task[row["suite"], row["task"]].add(row["algorithm"])
+    return {key: next(iter(algs)) for key, algs in by_task.items() if len(algs) == 1}
+
+
 def normalise(rows: list[dict]) -> dict:
     """Min-max normalisation per task over every algorithm's per-seed final scores ->
-    {suite: {algorithm: [runs, tasks] matrix}} (runs cut to the fewest seeds any task has)."""
+    {suite: {algorithm: [runs, tasks] matrix}} (runs cut to the fewest seeds any task has); tasks only one
+    algorithm ran are left out (single_algorithm_tasks)."""
+    alone = single_algorithm_tasks(rows)
     by_task = defaultdict(list)
     for row in rows:
-        by_task[row["suite"], row["task"]].append(row)
+        if (row["suite"], row["task"]) not in alone:
+            by_task[row["suite"], row["task"]].append(row)
     out = defaultdict(lambda: defaultdict(list))
     for (suite, task), task_rows in sorted(by_task.items()):
         low = min(min(r["scores"]) for r in task_rows)
@@ -145,6 +191,12 @@ def normalise(rows: list[dict]) -> dict:
             out[suite][r["algorithm"]].append((np.array(r["scores"]) - low) / max(high - low, 1e-8))
     return {suite: {alg: np.stack([s[:min(map(len, cols))] for s in cols], axis=1) for alg, cols in algs.items()}
             for suite, algs in out.items()}
+
+
+def single_algorithm_note(suite: str, task: str, algorithm: str) -> str:
+    return (f"{suite} {task}: left out of the normalised scores ({suite}.png, suites.md): only {algorithm} ran "
+            f"it, and a min-max normalisation over one algorithm only rescales its own seeds (worst 0, best 1), "
+            f"which says nothing about how well it did")
 
 
 def suite_table(rows: list[dict], reps: int = 2000, seed: int = 0) -> list[dict]:
@@ -164,11 +216,25 @@ def is_guider(algorithm: str) -> bool:
 
 
 def split_point(algorithm: str) -> tuple[str, dict[str, str]]:
-    """`magpo_sable[alpha=1,delta=1.5]` -> ("magpo_sable", {"alpha": "1", "delta": "1.5"}); no grid: (name, {})."""
-    if not algorithm.endswith("]") or "[" not in algorithm:
-        return algorithm, {}
-    base, point = algorithm[:-1].split("[", 1)
-    return base, dict(item.split("=", 1) for item in point.split(","))
+    """A grid point's name -> (the script's policy name, {flag: value as written}); no grid: (name, {}).
+    `magpo_sable--alpha=1--delta=1.5` -> ("magpo_sable", {"alpha": "1", "delta": "1.5"}), and the same from the
+    older `magpo_sable[alpha=1,delta=1.5]` (or `[alpha=1;delta=1.5]`). Unambiguous: no policy name, flag or `%g`
+    value holds "--" (a negative value follows "=": `--alpha=-1`), nor "," ";" or "=" in the bracketed form."""
+    if "--" in algorithm:
+        base, *items = algorithm.split("--")
+        if base and all("=" in item for item in items):
+            return base, dict(item.split("=", 1) for item in items)
+    if algorithm.endswith("]") and "[" in algorithm:
+        base, point = algorithm[:-1].split("[", 1)
+        items = re.split("[,;]", point)
+        if base and all("=" in item for item in items):
+            return base, dict(item.split("=", 1) for item in items)
+    return algorithm, {}
+
+
+def join_point(base: str, point: dict[str, str]) -> str:
+    """split_point's inverse, in the current form: ("magpo_sable", {"alpha": "1"}) -> `magpo_sable--alpha=1`."""
+    return base + "".join(f"--{flag}={value}" for flag, value in point.items())
 
 
 def grid_rows(task_rows: list[dict]) -> dict:
@@ -232,7 +298,7 @@ def plot_grids(runs: dict, grids: dict, out: str) -> list[str]:
                      xlabel=flags[1], ylabel=flags[0])
             fig.colorbar(image, ax=left)
         else:
-            labels = [",".join(f"{f}={r['point'][f]}" for f in flags) for r in rows]
+            labels = [join_point("", r["point"]) for r in rows]
             means = np.array([r["mean"] for r in rows])
             errors = np.array([[r["mean"] - r["ci_low"] for r in rows], [r["ci_high"] - r["mean"] for r in rows]])
             left.bar(range(len(rows)), means, yerr=errors, capsize=3)
@@ -243,7 +309,7 @@ def plot_grids(runs: dict, grids: dict, out: str) -> list[str]:
             curves = [curve(run, headline_metric(suite)) for run in seeds]
             n = min(len(c[1]) for c in curves)
             right.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), "--" if is_guider(base) else "-",
-                       label=",".join(f"{f}={r['point'][f]}" for f in flags))
+                       label=join_point("", r["point"]))
         right.set(title=f"{suite} {task}: {base}, every point", xlabel="environment steps",
                   ylabel=headline_metric(suite))
         right.legend(fontsize=6)
@@ -288,6 +354,8 @@ def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
                             label=f"{algorithm} ({len(seeds)} seeds)")
             ax.fill_between(steps, ci[0], ci[1], color=line.get_color(), alpha=0.2)
         save(fig, ax, f"{suite} {task}", "environment steps", headline_metric(suite), f"{suite}__{task}.png")
+        if len(task_curves) < 2:  # normalised over one algorithm: meaningless (single_algorithm_tasks)
+            continue
         low = min(v.min() for v in task_curves.values())
         high = max(v.max() for v in task_curves.values())
         for algorithm, values in task_curves.items():
@@ -304,7 +372,7 @@ def plot(runs: dict, out: str, reps: int = 500, seed: int = 0) -> list[str]:
     return files
 
 
-def markdown(task_rows: list[dict], suite_rows: list[dict]) -> tuple[str, str]:
+def markdown(task_rows: list[dict], suite_rows: list[dict], notes: list[str] = ()) -> tuple[str, str]:
     def paper(r):
         if r["paper_mean"] is None:
             return "-"
@@ -317,32 +385,56 @@ def markdown(task_rows: list[dict], suite_rows: list[dict]) -> tuple[str, str]:
     suites = ["| suite | algorithm | tasks | runs | normalised IQM (95% CI) |", "| --- | --- | ---: | ---: | --- |"]
     suites += [f"| {r['suite']} | {r['algorithm']} | {r['tasks']} | {r['runs']} | {r['iqm']:.3f} "
                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] |" for r in suite_rows]
+    if notes:
+        suites += [""] + [f"- {note}." for note in notes]
     return "\n".join(tasks) + "\n", "\n".join(suites) + "\n"
+
+
+def output_files(runs: dict) -> list[str]:
+    """The names of every file main would write for these runs (tables first), to check before writing any."""
+    tables = ["tasks.md", "tasks.json", "suites.md", "suites.json"]
+    grids = sorted({(suite, task, split_point(alg)[0]) for suite, task, alg in runs if split_point(alg)[1]})
+    if grids:
+        tables += ["grid.md", "grid.json"]
+    plain = {(suite, task) for suite, task, alg in runs if not split_point(alg)[1]}
+    plots = [f"{suite}__{task}.png" for suite, task in sorted(plain)] + sorted({f"{suite}.png" for suite, _ in plain})
+    return tables + plots + [f"{suite}__{task}__{base}_grid.png" for suite, task, base in grids]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs_dir", nargs="?", default="runs")
-    parser.add_argument("--out", default="results")
+    parser.add_argument("runs_dir", nargs="?", default="runs",
+                        help="the folder that holds the run folders (a script's --output-dir)")
+    parser.add_argument("--out", default=None, help="where the tables and plots go (default: RUNS_DIR/aggregate)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace tables and plots already in --out (without it, main refuses to)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
     opts = parser.parse_args(argv)
-    runs = load_runs(opts.runs_dir)
-    if not runs:
-        parser.error(f"no */summary.json under {opts.runs_dir}")
-    os.makedirs(opts.out, exist_ok=True)
+    out = opts.out if opts.out is not None else os.path.join(opts.runs_dir, "aggregate")
+    runs = find_runs(opts.runs_dir)
+    there = [name for name in output_files(runs) if os.path.exists(os.path.join(out, name))]
+    if there and not opts.overwrite:
+        listed = ", ".join(there[:4]) + (f" and {len(there) - 4} more" if len(there) > 4 else "")
+        sys.exit(f"error: {out} already holds {listed}: pass --overwrite to replace them, or --out another folder")
+    os.makedirs(out, exist_ok=True)
     task_rows = task_table(runs, opts.reps)
-    suite_rows = suite_table([r for r in task_rows if not split_point(r["algorithm"])[1]], opts.reps)
-    tasks_md, suites_md = markdown(task_rows, suite_rows)
+    plain_rows = [r for r in task_rows if not split_point(r["algorithm"])[1]]
+    notes = [single_algorithm_note(suite, task, alg)
+             for (suite, task), alg in sorted(single_algorithm_tasks(plain_rows).items())]
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    suite_rows = suite_table(plain_rows, opts.reps)
+    tasks_md, suites_md = markdown(task_rows, suite_rows, notes)
     outputs = [("tasks", tasks_md, task_rows), ("suites", suites_md, suite_rows)]
     grids = grid_rows(task_rows)
     if grids:
         outputs.append(("grid", grid_markdown(grids), [r for rows in grids.values() for r in rows]))
     for name, text, data in outputs:
-        with open(os.path.join(opts.out, f"{name}.md"), "w") as f:
+        with open(os.path.join(out, f"{name}.md"), "w") as f:
             f.write(text)
-        with open(os.path.join(opts.out, f"{name}.json"), "w") as f:
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(data, f, indent=1)
-    files = plot(runs, opts.out) + plot_grids(runs, grids, opts.out)
+    files = plot(runs, out) + plot_grids(runs, grids, out)
     print("\n".join(text for _, text, _ in outputs) + "\n" + "\n".join(files))
 
 

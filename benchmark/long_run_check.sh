@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # By-hand checks of issue #25, longer than the tests' runs (minutes, not seconds), for every script:
-#  1. kill and resume: a run of 8 checkpoints, SIGKILLed once its 3rd metrics line is written, resumed with
+#  1. kill and resume: a run of 8 evaluations, SIGKILLed once its 3rd metrics line is written, resumed with
 #     --resume, must write metrics.jsonl and summary.json equal to an unbroken run's (wall_time and sps aside);
 #  2. watch: each script trains on a task of its own suite with --save-model --capture-video, then evaluates and
 #     draws its saved learner (and guider) with --evaluate ... --capture-video.

@@ -38,7 +38,8 @@ drop_unfinished() {  # a run stopped halfway leaves a folder without benchmark.j
 
 # ---------------------------------------------------------------------------------------------------------------
 # Part 1, "The imitation gap at CPU scale" (results/README.md's first section, results/gap/). CoordSum sizes small
-# enough to converge, or come close, on 2 cores, 5 seeds, every script at its defaults (the paper's Tables 2-3)
+# enough to train on 2 cores in under an hour per method (the plateau check finds no policy still rising on 2x2 and
+# 2x3; on 2x4 every policy is still rising), 5 seeds, every script at its defaults (the paper's Tables 2-3)
 # with one rule shared by every method: 32 environments instead of 128 (4x the updates per step). Plain Sable is
 # not run apart: with --delta inf --alpha 0 magpo_sable.py computes what ctds.py computes (tests/test_ctds.py), so
 # CTDS's teacher is the Sable row. On a 2-core Intel Xeon (2026-12-05), two at a time, each pinned to one core
@@ -65,7 +66,7 @@ gap_runs() {
 }
 gap_tables() {
   if ! compgen -G "$GAP/runs/*/benchmark.json" > /dev/null; then echo "no finished runs in $GAP/runs: skipping"; return; fi
-  python benchmark/aggregate.py "$GAP/runs" --out "$GAP"
+  python benchmark/aggregate.py "$GAP/runs" --out "$GAP" --overwrite  # replaces the committed tables on purpose
   python results/gap_report.py "$GAP/runs" --out "$GAP"
   local dir name
   for dir in "$GAP"/runs/*__ctds__*/ "$GAP"/runs/*__magpo_sable__*/; do
@@ -113,7 +114,7 @@ budget_runs() {
 }
 budget_tables() {
   if ! compgen -G "$RUNS/*/benchmark.json" > /dev/null; then echo "no finished runs in $RUNS: skipping"; return; fi
-  python benchmark/aggregate.py "$RUNS" --out results
+  python benchmark/aggregate.py "$RUNS" --out results --overwrite  # replaces the committed tables on purpose
 }
 
 case "$PART" in

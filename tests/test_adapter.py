@@ -1,4 +1,4 @@
-"""The environment adapter (the section every script carries): shapes, ids, auto-reset, metrics."""
+"""The environment adapter (envs.py): shapes, ids, auto-reset, metrics, and a user's own environment."""
 import difflib
 import json
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import coordsum
-import ippo as adapter  # the adapter section; test_consistency.py holds the other copies to it
+import envs as adapter  # the adapter of every suite, in one file
 
 TASKS_JSON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark", "reference", "tasks.json")
 

@@ -157,33 +157,52 @@ def test_aggregate_gives_the_same_confidence_intervals_every_time(tmp_path):
     assert tasks["ippo"]["ci_low"] < tasks["ippo"]["mean"] < tasks["ippo"]["ci_high"]  # a real interval
 
 
-def test_aggregate_turns_a_grid_into_per_point_tables_and_a_plot(tmp_path):
-    """A 2 x 2 delta x lambda grid of magpo_sable (its learner and guider per point) beside plain ippo: a row
-    per point with its values and CI, the best in bold, the learner's mean as a delta x alpha matrix; grid
-    points stay out of the suite comparison."""
+@pytest.mark.parametrize("name", ["{policy}--alpha={alpha}--delta={delta}", "{policy}[alpha={alpha},delta={delta}]"],
+                         ids=["current names", "older names"])
+def test_aggregate_turns_a_grid_into_per_point_tables_and_a_plot(tmp_path, name):
+    """A 2 x 2 delta x lambda grid of magpo_sable (its learner and guider per point) beside plain ippo and mappo:
+    a row per point with its values and CI, the best in bold, the learner's mean as a delta x alpha matrix; grid
+    points stay out of the suite comparison. Points named as the scripts name them (`magpo_sable--alpha=2--delta=1.2`)
+    or as they did before (`magpo_sable[alpha=2,delta=1.2]`, which marl-eval refuses): the tables use the first."""
     import aggregate
 
     runs_dir, out = str(tmp_path / "runs"), str(tmp_path / "results")
     finals = {("0", "1.2"): 3.0, ("0", "inf"): 1.0, ("2", "1.2"): 7.0, ("2", "inf"): 5.0}
     for (alpha, delta), final in finals.items():
         for policy, shift in (("magpo_sable", 0.0), ("magpo_sable_guider", 10.0)):
-            write_run(runs_dir, f"{policy}-{alpha}-{delta}", "coordsum", "3x10", f"{policy}[alpha={alpha},delta={delta}]",
+            write_run(runs_dir, f"{policy}-{alpha}-{delta}", "coordsum", "3x10",
+                      name.format(policy=policy, alpha=alpha, delta=delta),
                       [final + shift - 0.5, final + shift + 0.5], [[0, final + shift]] * 2)
     write_run(runs_dir, "ippo", "coordsum", "3x10", "ippo", [2.0, 2.0], [[0, 2], [0, 2]])
+    write_run(runs_dir, "mappo", "coordsum", "3x10", "mappo", [3.0, 3.0], [[0, 3], [0, 3]])
     aggregate.main([runs_dir, "--out", out, "--reps", "300"])
     rows = {(r["algorithm"]): r for r in json.load(open(os.path.join(out, "grid.json")))}
-    assert rows["magpo_sable[alpha=2,delta=1.2]"]["point"] == {"alpha": "2", "delta": "1.2"}
-    assert rows["magpo_sable[alpha=2,delta=1.2]"]["mean"] == pytest.approx(7.0)
-    assert rows["magpo_sable_guider[alpha=0,delta=inf]"]["mean"] == pytest.approx(11.0)
+    assert rows["magpo_sable--alpha=2--delta=1.2"]["point"] == {"alpha": "2", "delta": "1.2"}
+    assert rows["magpo_sable--alpha=2--delta=1.2"]["mean"] == pytest.approx(7.0)
+    assert rows["magpo_sable_guider--alpha=0--delta=inf"]["mean"] == pytest.approx(11.0)
     text = open(os.path.join(out, "grid.md")).read()
     learner = text.split("### coordsum 3x10: magpo_sable\n")[1].split("###")[0]
     assert "| 2 | 1.2 | 2 | 200 | **7.00 [" in learner and learner.count("**") == 2  # the best point, alone
     assert "| alpha \\ delta | 1.2 | inf |" in learner
     assert "| 0 | 3.00 | 1.00 |" in learner and "| 2 | 7.00 | 5.00 |" in learner
-    assert [r["algorithm"] for r in json.load(open(os.path.join(out, "suites.json")))] == ["ippo"]
-    assert len(json.load(open(os.path.join(out, "tasks.json")))) == 9  # every point is a row there too
+    assert [r["algorithm"] for r in json.load(open(os.path.join(out, "suites.json")))] == ["ippo", "mappo"]
+    assert len(json.load(open(os.path.join(out, "tasks.json")))) == 10  # every point is a row there too
     for name in ("coordsum__3x10__magpo_sable_grid.png", "coordsum__3x10__magpo_sable_guider_grid.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
+
+
+def test_grid_point_names_split_and_join():
+    import aggregate
+
+    for name in ("magpo_sable--alpha=1--delta=1.5", "magpo_sable[alpha=1,delta=1.5]", "magpo_sable[alpha=1;delta=1.5]"):
+        assert aggregate.split_point(name) == ("magpo_sable", {"alpha": "1", "delta": "1.5"})
+    # A negative value, an exponent, a flag with underscores: still one reading.
+    assert aggregate.split_point("ippo_guider--ent_coef=1e-05--gamma=-0.5") == \
+        ("ippo_guider", {"ent_coef": "1e-05", "gamma": "-0.5"})
+    assert aggregate.join_point("ippo_guider", {"ent_coef": "1e-05", "gamma": "-0.5"}) == \
+        "ippo_guider--ent_coef=1e-05--gamma=-0.5"
+    for plain in ("ippo", "magpo_sable_guider", "a--b", "x[y]"):  # not grid points
+        assert aggregate.split_point(plain) == (plain, {})
 
 
 def test_aggregate_skips_a_run_stopped_before_its_first_checkpoint(tmp_path, capsys):
@@ -198,6 +217,92 @@ def test_aggregate_skips_a_run_stopped_before_its_first_checkpoint(tmp_path, cap
     tasks = json.load(open(tmp_path / "results" / "tasks.json"))
     assert [r["algorithm"] for r in tasks] == ["ippo"]
     assert "skipping 2 seed(s) of mappo" in capsys.readouterr().err
+
+
+def test_aggregate_given_a_run_folder_names_the_folder_to_give(tmp_path, capsys):
+    """A run's own folder (the one holding summary.json) is not what aggregate.py reads: one line says so and
+    names the folder above it, instead of "no */summary.json under" a folder that holds one."""
+    import aggregate
+
+    runs_dir = tmp_path / "runs"
+    write_run(str(runs_dir), "coordsum-3x10__ippo__0__1", "coordsum", "3x10", "ippo", [1.0, 2.0], [[0, 1], [0, 2]])
+    run_dir = str(runs_dir / "coordsum-3x10__ippo__0__1")
+    with pytest.raises(SystemExit) as stop:
+        aggregate.main([run_dir, "--reps", "100"])
+    message = str(stop.value)
+    assert "\n" not in message and capsys.readouterr().err == ""
+    assert message.startswith(f"error: {run_dir} is one run's folder (it holds summary.json)")
+    assert message.endswith(f"python benchmark/aggregate.py {os.path.relpath(runs_dir)}")
+    assert os.listdir(run_dir) == ["summary.json"]  # nothing written beside it
+
+
+def test_aggregate_of_runs_stopped_before_their_first_evaluation_says_so_in_one_line(tmp_path, capsys):
+    import aggregate
+
+    runs_dir = tmp_path / "runs"
+    stopped = runs_dir / "coordsum-3x10__mappo__0__1"
+    stopped.mkdir(parents=True)  # what a script writes when stopped during its first interval
+    json.dump({"coordsum": {"3x10": {"mappo": {"seed_0": {}}}}}, open(stopped / "summary.json", "w"))
+    with pytest.raises(SystemExit) as stop:
+        aggregate.main([str(runs_dir), "--reps", "100"])
+    message = str(stop.value)
+    assert "\n" not in message and capsys.readouterr().err == ""  # no "skipping" note before it
+    assert message == (f"error: nothing to aggregate under {runs_dir}: every run there stopped before its first "
+                       f"evaluation ({stopped}: 1 seed(s) of mappo)")
+    with pytest.raises(SystemExit) as stop:  # and a folder with no run at all
+        aggregate.main([str(tmp_path), "--reps", "100"])
+    assert str(stop.value) == f"error: no run under {tmp_path}: none of its folders holds a summary.json"
+
+
+def test_aggregate_writes_to_a_folder_of_its_own_and_overwrites_only_when_told(tmp_path, monkeypatch):
+    """By default the tables go to RUNS_DIR/aggregate, not results/; tables already in --out (the committed
+    results/, say) are replaced only with --overwrite, and without it one line names the flag."""
+    import aggregate
+
+    monkeypatch.chdir(tmp_path)
+    write_run("runs", "a", "coordsum", "3x10", "ippo", [1.0, 2.0, 3.0], [[0, 1], [0, 2], [0, 3]])
+    write_run("runs", "b", "coordsum", "3x10", "mappo", [2.0, 3.0, 4.0], [[0, 2], [0, 3], [0, 4]])
+    os.makedirs("results")
+    committed = {"tasks.md": "committed tasks\n", "coordsum__3x10.png": "committed plot"}
+    for name, text in committed.items():
+        open(os.path.join("results", name), "w").write(text)
+    aggregate.main(["runs", "--reps", "100"])
+    assert {"tasks.md", "suites.md", "coordsum__3x10.png"} <= set(os.listdir(os.path.join("runs", "aggregate")))
+    with pytest.raises(SystemExit) as stop:
+        aggregate.main(["runs", "--out", "results", "--reps", "100"])
+    assert str(stop.value) == ("error: results already holds tasks.md, coordsum__3x10.png: pass --overwrite to "
+                               "replace them, or --out another folder")
+    assert sorted(os.listdir("results")) == sorted(committed)  # nothing written, nothing replaced
+    assert all(open(os.path.join("results", name)).read() == text for name, text in committed.items())
+    with pytest.raises(SystemExit) as stop:  # its own folder too, the second time
+        aggregate.main(["runs", "--reps", "100"])
+    assert "--overwrite" in str(stop.value) and "\n" not in str(stop.value)
+    aggregate.main(["runs", "--out", "results", "--overwrite", "--reps", "100"])
+    assert "| coordsum | 3x10 | ippo | 3 | 200 | 2.00 [" in open(os.path.join("results", "tasks.md")).read()
+
+
+def test_aggregate_leaves_out_a_normalisation_over_one_algorithm_and_says_why(tmp_path, capsys):
+    """One algorithm per task: normalised by its own lowest and highest score its seeds would become 0 and 1
+    (IQM 0.5, whatever they scored): no such row, and a line per task says why, on the terminal and in suites.md."""
+    import aggregate
+
+    runs_dir, out = str(tmp_path / "runs"), str(tmp_path / "out")
+    write_run(runs_dir, "a", "coordsum", "3x10", "ippo", [1.0, 2.0, 3.0], [[0, 1], [0, 2], [0, 3]])
+    write_run(runs_dir, "b", "coordsum", "3x30", "ippo", [5.0, 6.0, 9.0], [[0, 5], [0, 6], [0, 9]])
+    write_run(runs_dir, "c", "rware", "tiny-2ag", "mappo", [0.0, 0.5, 1.0], [[0, 0], [0, 1], [0, 1]])
+    write_run(runs_dir, "d", "rware", "tiny-2ag", "ippo", [0.0, 1.0, 2.0], [[0, 0], [0, 1], [0, 2]])
+    aggregate.main([runs_dir, "--out", out, "--reps", "100"])
+    err = capsys.readouterr().err.splitlines()
+    why = ("left out of the normalised scores (coordsum.png, suites.md): only ippo ran it, and a min-max "
+           "normalisation over one algorithm only rescales its own seeds (worst 0, best 1), which says nothing "
+           "about how well it did")
+    assert err == [f"note: coordsum 3x10: {why}", f"note: coordsum 3x30: {why}"]
+    suites = json.load(open(os.path.join(out, "suites.json")))
+    assert [(r["suite"], r["algorithm"]) for r in suites] == [("rware", "ippo"), ("rware", "mappo")]
+    text = open(os.path.join(out, "suites.md")).read()
+    assert f"- coordsum 3x10: {why}.\n- coordsum 3x30: {why}.\n" in text and "| coordsum |" not in text
+    assert not os.path.exists(os.path.join(out, "coordsum.png")) and os.path.exists(os.path.join(out, "rware.png"))
+    assert os.path.exists(os.path.join(out, "coordsum__3x10.png"))  # the task's own curves stay
 
 
 def test_sps_gives_both_sides_the_same_paper_row():

@@ -1,6 +1,7 @@
-"""What every algorithm script must share by design: the environment adapter, the
-evaluation protocol and the output format. Each script carries its own copy; these tests hold
-the copies together, by text and by running the same inputs through each."""
+"""What every algorithm script must share by design: the learner network, the grid, output and long-run
+helpers, main() and the evaluation protocol. Each script carries its own copy (a script is copied into a new
+experiment with envs.py alone); these tests hold the copies together, by text and by running the same inputs
+through each. The environments are not copied: they live once, in envs.py (tests/test_adapter.py)."""
 import importlib
 import os
 import shutil
@@ -14,12 +15,18 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = [s for s in ("ippo", "mappo", "magpo_sable", "ctds", "magpo_mat") if os.path.exists(os.path.join(ROOT, f"{s}.py"))]
-BEGIN = "# Environment adapter (identical in every script"
-END = "# End of the environment adapter."
-
-
-LEARNER_BEGIN = "# Learner network and distributions (identical in every script"
-LEARNER_END = "# End of the learner network and distributions."
+# (first line of the block, its end marker): the text between them is the same in every script.
+BLOCKS = {
+    "learner network and distributions": ("# Learner network and distributions (identical in every script",
+                                          "# End of the learner network and distributions."),
+    "grid helpers": ("# Many runs in one program: seeds and hyperparameter grids (identical in every script)",
+                     "# End of the grid helpers."),
+    "output helpers": ("# Outputs: run directory, metrics lines, marl-eval summary, parameter files, wandb (identical",
+                       "# End of the output helpers."),
+    "long-run helpers": ("# Long runs: checkpoints, resuming, stopping, progress, saved policies (identical",
+                         "# End of the long-run helpers."),
+    "main()": ("# main(): prepare, train, finish (identical in every script)", "# End of main()."),
+}
 
 
 def section(name, begin, end):
@@ -28,59 +35,76 @@ def section(name, begin, end):
     return text[text.index(begin):text.index(end)]
 
 
-LONG_BEGIN = "# Long runs: checkpoints, resuming, stopping, saved policies (identical in every script)"
-LONG_END = "# End of the long-run helpers."
-
-
-GRID_BEGIN = "# Many runs in one program: seeds and hyperparameter grids (identical in every script)"
-GRID_END = "# End of the grid helpers."
-
-
-@pytest.mark.parametrize("begin, end", [(BEGIN, END), (LEARNER_BEGIN, LEARNER_END), (LONG_BEGIN, LONG_END),
-                                        (GRID_BEGIN, GRID_END)],
-                         ids=["environment adapter", "learner network and distributions", "long-run helpers",
-                              "grid helpers"])
-def test_every_script_carries_the_same_text(begin, end):
-    reference = section("ippo", begin, end)
+@pytest.mark.parametrize("block", BLOCKS)
+def test_every_script_carries_the_same_text(block):
+    reference = section("ippo", *BLOCKS[block])
     for name in SCRIPTS:
-        assert section(name, begin, end) == reference, f"{name}.py's {begin[2:40]!r} block differs from ippo.py's"
+        assert section(name, *BLOCKS[block]) == reference, f"{name}.py's {block} differ from ippo.py's"
 
 
-def test_a_copied_script_runs_without_coordsum_except_on_coordsum(tmp_path):
-    """README: copy the file (plus coordsum.py for CoordSum) into a new experiment and it runs. Every script
-    is copied into an empty folder and imported there, in one interpreter."""
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b != "learner network and distributions"])
+def test_the_shared_text_names_no_algorithm(block):
+    """Text every script carries is truly common: no MAGPO flag, guider or teacher in ippo.py and mappo.py."""
+    text = section("ippo", *BLOCKS[block]).lower()
+    for word in ("guider", "teacher", "student", "delta", "alpha", "magpo", "sable", "learner"):
+        assert word not in text, (block, word)
+
+
+def test_every_name_is_defined_above_its_first_use():
+    """Reading order: a reader never meets a module-level name (function, class, constant, import) before the
+    line that defines it."""
+    import ast
+
+    for name in [*SCRIPTS, "envs", "coordsum"]:
+        tree = ast.parse(open(os.path.join(ROOT, f"{name}.py")).read())
+        defined = {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [(a.asname or a.name).split(".")[0] for a in node.names]
+            else:
+                names = [n.id for t in getattr(node, "targets", [getattr(node, "target", None)]) if t is not None
+                         for n in ast.walk(t) if isinstance(n, ast.Name)]
+            for n in names:
+                defined.setdefault(n, node.lineno)
+        early = sorted({(n.id, n.lineno, defined[n.id]) for n in ast.walk(tree)
+                        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in defined
+                        and n.lineno < defined[n.id]}, key=lambda x: x[1])
+        assert not early, f"{name}.py uses before defining (name, used, defined): {early[:5]}"
+
+
+def test_a_copied_script_runs_with_envs_py_and_stops_without_it(tmp_path):
+    """README: copy the file with envs.py (plus coordsum.py for CoordSum) into a new experiment and it runs.
+    Every script is copied into an empty folder and imported there, in one interpreter; then without
+    envs.py it stops at import with one line naming the file."""
     for name in SCRIPTS:
         shutil.copy(os.path.join(ROOT, f"{name}.py"), tmp_path)
+    shutil.copy(os.path.join(ROOT, "envs.py"), tmp_path)
     code = (f"for name in {SCRIPTS!r}:\n"
             "    m = __import__(name)\n"
             "    print(name, m.make_env('lbf-2s-8x8-2p-2f-coop').num_agents)\n"
             "    try:\n        m.make_env('coordsum-3x10')\n    except ValueError as e:\n        print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": "", "JAX_PLATFORMS": "cpu"}, timeout=300)
+    env = {**os.environ, "PYTHONPATH": "", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    message = "--env-id coordsum-3x10 needs coordsum.py beside this script: copy it from the repository"
+    message = "--env-id coordsum-3x10 needs coordsum.py beside envs.py: copy it from the repository"
     assert out.stdout.splitlines() == [line for name in SCRIPTS for line in (f"{name} 2", message)]
+    os.remove(tmp_path / "envs.py")
+    for name in SCRIPTS:
+        out = subprocess.run([sys.executable, f"{name}.py", "--env-id", "coordsum-3x10"], cwd=tmp_path,
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 1 and out.stderr.strip() == (
+            f"{name}.py needs envs.py beside it: copy envs.py from the repository (and coordsum.py for the "
+            "CoordSum tasks)"), out.stderr[-2000:]
 
 
-def test_the_scripts_list_the_registered_coordsum_tasks():
+def test_envs_lists_the_registered_coordsum_tasks():
     import coordsum
+    import envs
 
-    for name in SCRIPTS:
-        assert importlib.import_module(name)._COORDSUM == tuple(coordsum.TASK_MAXVAL)
-
-
-@pytest.mark.parametrize("env_id", ["coordsum-3x10", pytest.param("con-5x5x3a", marks=pytest.mark.slow)])
-def test_adapters_give_identical_timesteps(env_id):
-    outputs = []
-    for name in SCRIPTS:
-        env = importlib.import_module(name).make_env(env_id)
-        state, ts = env.reset(jax.random.PRNGKey(3))
-        actions = np.zeros(env.num_agents, np.int32) + 1
-        state, ts = jax.jit(env.step)(jax.random.PRNGKey(4), state, actions)
-        outputs.append([np.asarray(x) for x in ts])
-    for other in outputs[1:]:
-        for a, b in zip(outputs[0], other):
-            np.testing.assert_array_equal(a, b)
+    assert envs._COORDSUM == tuple(coordsum.TASK_MAXVAL)
 
 
 def test_output_helpers_agree():
@@ -116,7 +140,7 @@ def test_decentralised_evaluation_is_the_same_protocol():
         env = module.make_env(args.env_id)
         trainer = module.make_train(args, env)
         runner = trainer.init(jax.random.PRNGKey(0), module.hparams_from_args(args))
-        results.append(jax.device_get(jax.jit(trainer.evaluate, static_argnums=2)(
+        results.append(jax.device_get(jax.jit(trainer.evaluate_actor, static_argnums=2)(
             runner.actor_params, jax.random.PRNGKey(1), 8)))
     for other in results[1:]:
         jax.tree.map(np.testing.assert_array_equal, results[0], other)
@@ -143,11 +167,12 @@ def test_guided_scripts_evaluate_the_same_guider_the_same_way():
 
 
 def test_run_directory_memory_check_and_loss_guards_are_the_same_code():
-    """Helpers each script carries a copy of, outside the marked blocks: held identical here."""
+    """The helpers main() calls, held identical by their compiled source too (a marker moved by mistake would
+    let a block differ unseen)."""
     import inspect
 
     names = ("make_run_dir", "first_non_finite", "exploded_loss", "rollout_bytes", "free_bytes", "summarise",
-             "format_duration", "marl_eval_summary", "main")
+             "format_duration", "marl_eval_summary", "main", "prepare", "train_loop", "finish")
     reference = importlib.import_module("ippo")
     for name in SCRIPTS:
         module = importlib.import_module(name)

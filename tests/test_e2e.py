@@ -32,8 +32,8 @@ def read_metrics(run_dir):
 
 # The fast suite runs every script but mappo on CoordSum, the guided magpo_sable on MPE (continuous actions, which
 # reach the guider's own Gaussian head too) and mappo on SMAX (action masks, wins); the other 24 of the 30 pairs, a
-# minute or two each on 2 cores, run with `-m slow`. The adapter is the same text in every script
-# (test_consistency.py) and test_adapter.py steps every suite.
+# minute or two each on 2 cores, run with `-m slow`. The environments are one file, envs.py, whose
+# test_adapter.py steps every suite.
 FAST_PAIRS = {(script, "coordsum-3x10") for script in SCRIPTS if script != "mappo"} | {
     ("magpo_sable", "mpe-simple_spread_3ag"), ("mappo", "smax-2s3z")}
 
@@ -149,26 +149,31 @@ def test_ctrl_c_keeps_a_readable_metrics_file(tmp_path, monkeypatch):
         return real_summarise(evaluation)
 
     monkeypatch.setattr(ippo, "summarise", interrupt_on_second_checkpoint)
-    with pytest.raises(SystemExit, match="interrupted; 1 checkpoint"):
+    with pytest.raises(SystemExit, match="interrupted after evaluation 1 of 3; "):
         run("ippo", "coordsum-3x10", tmp_path, num_evaluations=3, total_timesteps=3 * 32, save_model=False)
     run_dir = os.path.join(tmp_path, os.listdir(tmp_path)[0])
     assert [r["checkpoint"] for r in read_metrics(run_dir)] == [1]
     assert "step_0" in list(list(json.load(open(os.path.join(run_dir, "summary.json")))["coordsum"].values())[0]["ippo"].values())[0]
 
 
-def test_track_logs_the_checkpoints_to_wandb_offline(tmp_path, monkeypatch):
+def test_track_logs_every_seeds_evaluations_to_wandb_offline_in_a_group(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    _, _, run_dir = run("ippo", "coordsum-3x10", tmp_path, track=True, num_seeds=1, save_model=False)
+    _, _, run_dir = run("ippo", "coordsum-3x10", tmp_path, track=True, num_seeds=2, seed=4, save_model=False,
+                        wandb_group="sweep-17", wandb_tags=("first-try",))
     logs = [os.path.join(d, f) for d, _, files in os.walk(run_dir) for f in files if f.endswith(".wandb")]
     assert len(logs) == 1  # one offline wandb run, inside the run directory
     data = open(logs[0], "rb").read()  # protobuf records: the logged keys are stored as plain strings
-    for key in ("episode_return_mean", "episode_length_mean", "actor_loss", "sps"):
+    for key in ("episode_return_mean", "episode_length_mean", "actor_loss", "sps",  # the means over seeds
+                "seed_4/episode_return_mean", "seed_5/episode_return_mean", "seed_5/actor_loss",  # each seed's
+                "sweep-17", "first-try", "2 seeds"):  # the group and the tags
         assert key.encode() in data, key
+    assert b"seed_6/" not in data
 
 
-def test_pure_train_function_equals_the_checkpoint_loop():
-    """`train(key, hp)` (one pure function, PureJaxRL's shape) is init followed by learn per checkpoint."""
+def test_pure_train_function_makes_the_updates_main_makes():
+    """`train(key, hp)` (one pure function, PureJaxRL's shape) computes what main() computes one compiled
+    update_then_evaluate call at a time."""
     import jax
 
     import ippo
@@ -178,12 +183,13 @@ def test_pure_train_function_equals_the_checkpoint_loop():
     hp = ippo.hparams_from_args(args)
     key = jax.random.PRNGKey(11)
     _, metrics = jax.jit(trainer.train)(key, hp)
-    runner = trainer.init(key, hp)
-    learn = jax.jit(trainer.learn)
+    runner, n = trainer.init(key, hp), trainer.num_updates_per_eval
+    update = jax.jit(ippo.update_then_evaluate(trainer))
     for i in range(args.num_evaluations):
-        runner, out = learn(runner, hp)
-        np.testing.assert_allclose(metrics["eval"]["episode_return"][i], out["eval"]["episode_return"], rtol=1e-5)
-        np.testing.assert_allclose(metrics["train"]["actor_loss"][i], out["train"]["actor_loss"], rtol=1e-3, atol=1e-6)
+        for u in range(n):
+            runner, stats, evaluation = update(runner, hp, u == n - 1)
+            np.testing.assert_allclose(metrics["train"]["actor_loss"][i][u], stats["actor_loss"], rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(metrics["eval"]["episode_return"][i], evaluation["eval"]["episode_return"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("script", ["ippo", pytest.param("magpo_sable", marks=pytest.mark.slow)])
@@ -192,5 +198,22 @@ def test_a_loss_past_the_bound_warns_once_and_the_run_goes_on(script, tmp_path, 
     monkeypatch.setattr(module, "LOSS_WARNING", 0.0)  # every loss passes it, at every checkpoint
     _, _, run_dir = run(script, "coordsum-3x10", tmp_path, num_seeds=1, save_model=False)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "by checkpoint 1 (above 0e+00)" in warnings[0]
+    assert len(warnings) == 1 and "by evaluation 1 (above 0e+00)" in warnings[0]
     assert len(read_metrics(run_dir)) == 2  # a warning, not a stop
+
+
+def test_every_plus_minus_on_the_terminal_says_what_it_is_over(capsys):
+    """One seed: the spread of its evaluation episodes; several: the spread of the seeds' means."""
+    from types import SimpleNamespace
+
+    import ippo
+
+    line = {"env_steps": 64, "sps": 10.0, "episode_return_mean": [6.0, 8.0], "episode_return_std": [4.0, 1.0]}
+    for num_seeds, expected in [(2, "policy episode_return    7.000 ± 1.000 (sd over 2 seeds) | ETA"),
+                                (1, "policy episode_return    6.000 ± 4.000 (sd over 32 episodes) | ETA")]:
+        record = {k: v[:num_seeds] if isinstance(v, list) else v for k, v in line.items()}
+        run = SimpleNamespace(args=ippo.Args(num_seeds=num_seeds), env=SimpleNamespace(suite="coordsum"),
+                              records=[record], done=1, points=[{}])
+        ippo.print_evaluation(run, eta=0.0)
+        assert expected in capsys.readouterr().out
+    assert ippo.spread(0.0, 1, "seed") == " (1 seed)"  # the absolute metric of one seed has no ± at all

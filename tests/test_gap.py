@@ -111,6 +111,38 @@ def test_verdicts_follow_the_bootstrap_interval():
     assert found["MAGPO's learner ends at or above MAPPO"]["verdict"] == "does not hold"
 
 
+def test_the_t_interval_by_hand():
+    """Student's interval for one group, Welch's for two, against the formulas worked by hand."""
+    from scipy import stats
+
+    # 1..5: mean 3, sample variance 2.5, standard error sqrt(2.5 / 5), 4 degrees of freedom.
+    point, low, high = gap_report.t_interval_mean_difference([1, 2, 3, 4, 5])
+    half = stats.t.ppf(0.975, 4) * np.sqrt(0.5)
+    assert half == pytest.approx(1.963243, abs=1e-6)  # t(0.975, 4) = 2.776445
+    assert (point, low, high) == pytest.approx((3.0, 3.0 - half, 3.0 + half))
+    # Minus 2, 2, 3, 3 (mean 2.5, sample variance 1/3): squared standard errors 0.5 and 1/12, so Welch's degrees of
+    # freedom are (0.5 + 1/12)^2 / (0.5^2 / 4 + (1/12)^2 / 3) = 5.25.
+    point, low, high = gap_report.t_interval_mean_difference([1, 2, 3, 4, 5], [2, 2, 3, 3])
+    half = stats.t.ppf(0.975, 5.25) * np.sqrt(0.5 + 1 / 12)
+    assert (point, low, high) == pytest.approx((0.5, 0.5 - half, 0.5 + half))
+    welch = stats.ttest_ind([1, 2, 3, 4, 5], [2, 2, 3, 3], equal_var=False).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((welch.low, welch.high))
+    # No spread: a point; one seed: no interval.
+    assert gap_report.t_interval_mean_difference([2.0] * 3, [1.0] * 3) == (1.0, 1.0, 1.0)
+    assert gap_report.t_interval_mean_difference([2.0], [1.0, 1.5])[1:] == (-np.inf, np.inf)
+
+
+def test_a_claim_holds_only_when_the_t_interval_agrees_with_the_bootstrap():
+    """CoordSum-2x4's learner against IPPO (results/gap/gap_2x4.md, per seed): the percentile bootstrap over 5 seeds
+    lies below 0, the t-interval reaches above it: not resolved."""
+    learner = [92.16, 91.78, 93.42, 98.98, 95.08]
+    ippo = [98.91, 97.00, 97.87, 95.97, 95.58]
+    found = gap_report.claims({"MAGPO learner": learner, "IPPO": ippo})[0]
+    assert found["difference"] == pytest.approx(np.mean(learner) - np.mean(ippo))
+    assert found["ci_high"] < 0 < found["t_high"] and found["t_low"] < found["ci_low"]
+    assert found["verdict"] == "not resolved (CI includes 0)"
+
+
 def test_the_plateau_check_pairs_each_seed_with_itself():
     # Every seed still rises, by 1.3 on average over its last three checkpoints, while the seeds sit 1 apart:
     # still rising, though the rise is barely bigger than the seeds' spread (an unpaired check would miss it).
@@ -181,7 +213,8 @@ def test_the_overview_puts_every_size_in_its_column():
     assert rows["| IPPO"] == ["7.00 [7.00, 7.00]", " |"]
     assert rows["| uniform random"] == ["5.00", "95.00 |"]
     claim = "| MAGPO's learner ends at or above CTDS's student (learner - student)"
-    assert rows[claim] == ["1.00 [1.00, 1.00] **holds**", "1.00 [1.00, 1.00] **holds** |"]
+    assert rows[claim] == ["1.00 [1.00, 1.00] (t: [1.00, 1.00]) **holds**",
+                           "1.00 [1.00, 1.00] (t: [1.00, 1.00]) **holds** |"]
 
 # The claims that held at CPU scale (results/README.md, "The imitation gap at CPU scale") on CoordSum-2x2, with
 # the flags of results/reproduce.sh but 3 seeds instead of 5 and a twelfth of the budget (196,608 steps, where the

@@ -48,24 +48,24 @@ def test_a_grid_point_and_seed_is_the_single_run_with_its_values_and_seed(tmp_pa
         assert process.wait(timeout=900) == 0, process.stdout.read()[-3000:]
     records, summary = outputs(tmp_path / "grid" / os.listdir(tmp_path / "grid")[0])
     single_records, single_summary = outputs(tmp_path / "single" / os.listdir(tmp_path / "single")[0])
-    names = [f"magpo_sable[alpha={a},delta={d}]" for a in (0, 1) for d in ("1.2", "inf")]
-    # metrics.jsonl: a line per point and checkpoint, with the point's name and values
+    names = [f"magpo_sable--alpha={a}--delta={d}" for a in (0, 1) for d in ("1.2", "inf")]
+    # metrics.jsonl: a line per point and evaluation, with the point's name and values
     assert [(r["checkpoint"], r["algorithm"]) for r in records] == [(c, n) for c in (1, 2, 3) for n in names]
     assert [(r["alpha"], r["delta"]) for r in records[:4]] == [(0, 1.2), (0, float("inf")), (1, 1.2),
                                                               (1, float("inf"))]
-    point = [r for r in records if r["algorithm"] == "magpo_sable[alpha=1,delta=inf]"]
+    point = [r for r in records if r["algorithm"] == "magpo_sable--alpha=1--delta=inf"]
     for grid_line, alone in zip(point, single_records, strict=True):
         for key, values in alone.items():
             if isinstance(values, list):  # per seed; wall time and steps/s are the machine's
                 assert grid_line[key][1] == values[0], (grid_line["checkpoint"], key)
     # summary.json: the learner and the guider of every point, each under its own name
-    assert sorted(summary) == sorted(n.replace("[", sfx + "[") for n in names for sfx in ("", "_guider"))
+    assert sorted(summary) == sorted(n.replace("--", sfx + "--", 1) for n in names for sfx in ("", "_guider"))
     for algorithm in ("magpo_sable", "magpo_sable_guider"):
-        grid_seed = summary[algorithm + "[alpha=1,delta=inf]"]["seed_4"]
+        grid_seed = summary[algorithm + "--alpha=1--delta=inf"]["seed_4"]
         assert grid_seed == single_summary[algorithm]["seed_4"]  # every checkpoint and the absolute metric
     # alpha reaches the learner's training (delta leaves no trace in a run this short: no ratio left its band)
     last = {r["algorithm"]: r for r in records[-4:]}
-    without, with_kl = (last[f"magpo_sable[alpha={a},delta=inf]"]["distill_loss"] for a in (0, 1))
+    without, with_kl = (last[f"magpo_sable--alpha={a}--delta=inf"]["distill_loss"] for a in (0, 1))
     assert without != with_kl
 
 

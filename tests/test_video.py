@@ -31,7 +31,7 @@ def test_recorded_episode_is_the_evaluated_one_and_animates(env_id, tmp_path):
     env = ippo.make_env(env_id)
     trainer = ippo.make_train(args, env)
     params = trainer.init(jax.random.PRNGKey(1), ippo.hparams_from_args(args)).actor_params
-    evaluate = jax.jit(trainer.evaluate, static_argnums=(2, 3))
+    evaluate = jax.jit(trainer.evaluate_actor, static_argnums=(2, 3))
     key = jax.random.PRNGKey(5)
     plain = jax.device_get(evaluate(params, key, 2))
     metrics, episode = jax.device_get(evaluate(params, key, 2, True))
@@ -41,7 +41,7 @@ def test_recorded_episode_is_the_evaluated_one_and_animates(env_id, tmp_path):
     length = int(metrics["episode_length"][0])
     assert np.argmax(episode["done"]) + 1 == length
     assert np.sum(episode["reward"][:length]) == pytest.approx(metrics["episode_return"][0], rel=1e-5, abs=1e-5)
-    assert len(ippo._episode_states(episode)) == length
+    assert len(importlib.import_module("envs")._episode_states(episode)) == length
     path = str(tmp_path / "episode.gif")
     env.animate(episode, path)
     durations = gif_durations(path)
