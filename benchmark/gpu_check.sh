@@ -9,7 +9,7 @@
 #
 #   bash benchmark/gpu_check.sh OUT                      # tables into OUT/gpu_check.{md,json,log}
 #   bash benchmark/gpu_check.sh                          # OUT: $OUT where set (a device call), else benchmark/results/gpu
-#   GPU_CHECK_TOY=1 bash benchmark/gpu_check.sh /tmp/gc  # toy sizes on a CPU: every step, a few minutes
+#   GPU_CHECK_TOY=1 bash benchmark/gpu_check.sh /tmp/gc  # toy sizes on a CPU: every step, ~10 min on 2 cores
 #   bash benchmark/gpu_check.sh OUT --scripts ippo --tasks coordsum-3x10   # anything after OUT goes to gpu_check.py
 #
 # PYTHON picks the interpreter (default python3); GPU_CHECK_WHEELS the wheel folder (default benchmark/wheels; none
