@@ -1940,9 +1940,9 @@ def train_loop(run: Run):
                 stats.append(update_stats)
                 if ctrl_c.requested:
                     return stop(run, "stopped")
-            progress.updates_done = (run.done + 1) * n
             out = {**jax.device_get(evaluation),
                    "train": jax.tree.map(lambda *xs: np.stack(xs, axis=-1), *jax.device_get(stats))}
+            progress.updates_done = (run.done + 1) * n
             if not record_evaluation(run, out, run.wall_before + time.time() - start):
                 return
             eta = (time.time() - start) / (run.done - first) * (run.args.num_evaluations - run.done)

@@ -291,7 +291,9 @@ def test_unknown_env_id_lists_close_matches_first():
     with pytest.raises(ValueError) as err:
         adapter.make_env("rware-tiny-2agg")
     msg = str(err.value)
-    listed = msg.split("closest first: ")[1].split(", ")
+    listed, own = msg.split("closest first: ")[1].split("; or ")
+    listed = listed.split(", ")
+    assert own == "module:function for your own environment"
     assert sorted(listed) == sorted(adapter.ENV_IDS)
     close = difflib.get_close_matches("rware-tiny-2agg", adapter.ENV_IDS, n=5, cutoff=0.4)
     assert listed[: len(close)] == close and listed[0] == "rware-tiny-2ag"
