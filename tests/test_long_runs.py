@@ -1,7 +1,6 @@
 """Long runs (README, "Long runs"): a run killed after a checkpoint and resumed writes what the run that
 was never stopped writes; Ctrl-C stops within an update and leaves a resumable run; a saved policy
 evaluates to the run's absolute metric (tests/test_e2e.py, on the runs it makes anyway); bad --resume / --evaluate input gets one line before compiling."""
-import importlib
 import json
 import os
 import signal
@@ -9,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from conftest import ROOT
